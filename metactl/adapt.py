@@ -1,0 +1,222 @@
+"""``adapt``: fine-tune a run's θ on a user's support folder with the learned per-layer α.
+
+Head set-up for the folder's number of labels N':
+- N' equal to the N of meta-training: the meta-learned head is the starting point (exactly what
+  meta-training optimised and validation measured);
+- any other N': a zero-initialised head (as in MAML++, Antoniou et al. 2019): every label starts
+  with equal probability and the first step moves each row towards its class's mean feature; the
+  head's learned α is kept.
+
+After the K steps, BatchNorm statistics are computed once from the support set at the adapted
+weights and frozen into the model, so the adapted model's prediction for an image never depends on
+the rest of the batch: the same computation meta-training and validation used (``ref=`` support).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metactl import __version__, runs
+from metactl.api import Learner, Params
+from metactl.data.support import LabeledImages, read_labeled_folder
+from metactl.errors import MetactlError
+from metactl.models import build_model
+from metactl.models.conv4 import TaskNorm2d
+
+MODEL = "model.safetensors"
+
+
+@dataclass
+class AdaptResult:
+    out: Path
+    labels: list[str]
+    support_losses: list[float]
+    support_accuracy: float
+    query_accuracy: float | None = None
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, dict[str, Any]]:
+    if n == int(spec["num_classes"]):
+        return learner, spec
+    spec = {**spec, "num_classes": n}
+    model = build_model(spec)
+    params = dict(learner.params)
+    for name in learner.head:
+        params[name] = torch.zeros_like(dict(model.named_parameters())[name]).requires_grad_(True)
+    return Learner(model, params, learner.inner_lr, learner.task, learner.head), spec
+
+
+def norm_statistics(model: nn.Module, params: Params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-channel mean and (biased) variance each normalisation layer sees for ``x`` at ``params``."""
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, TaskNorm2d):
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                h = args[0].detach()
+                stats[f"{name}.mean"] = h.mean(dim=(0, 2, 3))
+                stats[f"{name}.var"] = h.var(dim=(0, 2, 3), unbiased=False)
+
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, params, (x,))
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The adapted model with frozen normalisation statistics, in eval mode."""
+    model = build_model(spec)
+    for module in model.modules():
+        if isinstance(module, TaskNorm2d):
+            module.mean = torch.zeros_like(module.weight.detach())
+            module.var = torch.ones_like(module.weight.detach())
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise MetactlError(
+            f"The adapted weights do not match their model spec ({str(exc).splitlines()[0]}).", "Run `metactl adapt` again."
+        ) from None
+    return model.eval()
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().div(255.0).unsqueeze(1)
+
+
+def _accuracy_table(pred: np.ndarray, target: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, lab in enumerate(labels):
+        mask = target == i
+        if mask.any():
+            rows.append({"label": lab, "images": int(mask.sum()), "accuracy": float((pred[mask] == i).mean())})
+    return rows
+
+
+def write_dir_atomically(out: Path, force: bool, files: dict[str, bytes]) -> None:
+    """Write all files into a temp folder beside ``out``, then swap it in (replacing only with --force)."""
+    if out.exists() and not force:
+        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, data in files.items():
+            runs.atomic_write_bytes(tmp / name, data)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{datetime.now():%H%M%S%f}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def adapt(
+    support: Path,
+    run: Path | None = None,
+    steps: int | None = None,
+    query: Path | None = None,
+    out: Path = Path("adapted"),
+    force: bool = False,
+) -> AdaptResult:
+    import json
+    import time
+
+    from safetensors.torch import save
+
+    from metactl.config import TrainConfig
+    from metactl.registry import load_algorithm, make_config
+    from metactl.train import load_run
+
+    t0 = time.perf_counter()
+    if out.exists() and not force:  # fail before any work
+        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    run = run or runs.latest_run()
+    meta, learner = load_run(run)
+    if meta.get("task") != "classification" or not meta.get("preprocessing"):
+        raise MetactlError(f"{run}: adapt needs an image classification run (this one is {meta.get('task')}).", "Meta-train on image data.")
+    prep = meta["preprocessing"]
+    data = read_labeled_folder(support, prep, "--support")
+    qdata: LabeledImages | None = read_labeled_folder(query, prep, "--query") if query is not None else None
+    if qdata is not None and set(qdata.labels) - set(data.labels):
+        extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
+        raise MetactlError(f"--query {query}: labels not in the support folder: {extra}.", "Use the same label folders as --support.")
+    cfg = TrainConfig(**meta["config"])
+    k = cfg.test_inner_steps if steps is None else steps
+    if k < 0:
+        raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
+    algo_cls = load_algorithm(meta["algorithm"]["name"])
+    algo = algo_cls(make_config(algo_cls, meta["algorithm"].get("config", {})), cfg)
+    learner, spec = _with_head(learner, meta["model"], len(data.labels))
+    sx, sy = to_input(data.images), torch.from_numpy(data.targets)
+    trajectory = algo.adapt(learner, sx, sy, k)
+    with torch.no_grad():
+        losses = [float(learner.loss(learner.forward(p, sx), sy)) for p in trajectory]
+    phi = trajectory[-1]
+    tensors = {k2: v.detach() for k2, v in phi.items()}
+    tensors.update(norm_statistics(learner.model, phi, sx))
+    model = deployable(spec, tensors)
+    with torch.no_grad():
+        support_acc = float((model(sx).argmax(-1) == sy).float().mean())
+    query_acc, per_class = None, []
+    if qdata is not None:
+        remap = np.array([data.labels.index(lab) for lab in qdata.labels])
+        qy = remap[qdata.targets]
+        with torch.no_grad():
+            pred = model(to_input(qdata.images)).argmax(-1).numpy()
+        query_acc = float((pred == qy).mean())
+        per_class = _accuracy_table(pred, qy, data.labels)
+    theta_bytes = (run / runs.THETA).read_bytes()
+    info = {
+        "metactl_version": __version__,
+        "kind": "adapted",
+        "labels": data.labels,
+        "model": spec,
+        "preprocessing": prep,
+        "normalization": "BatchNorm statistics frozen from the support set at the adapted weights",
+        "source_run": str(run.resolve()),
+        "source_theta_sha256": hashlib.sha256(theta_bytes).hexdigest(),
+        "algorithm": meta["algorithm"]["name"],
+        "steps": k,
+        "support": {"folder": str(support.resolve()), "images": len(data.images), "per_label": data.counts()},
+        "support_losses": losses,
+        "support_accuracy": support_acc,
+        "query_accuracy": query_acc,
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})
+    write_dir_atomically(out, force, {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()})
+    return AdaptResult(out, data.labels, losses, support_acc, query_acc, per_class, data.skipped, time.perf_counter() - t0)
+
+
+def load_adapted(path: Path) -> tuple[dict[str, Any], nn.Module]:
+    meta = runs.read_meta(path)
+    if meta.get("kind") != "adapted":
+        raise MetactlError(
+            f"{path}: not an adapted model ({runs.META} says kind={meta.get('kind')!r}).", "Pass the folder written by `metactl adapt`."
+        )
+    tensors = runs.load_tensors(path / MODEL)
+    return meta, deployable(meta["model"], tensors)

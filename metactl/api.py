@@ -1,0 +1,87 @@
+"""The algorithm contract and the small types it speaks.
+
+An algorithm is any class with this shape (a ``typing.Protocol``: no base class to inherit),
+registered under the ``metactl.algorithms`` entry-point group.
+
+The trainer owns the outer update: ``meta_gradient`` fills ``.grad`` of ``learner.params`` (θ)
+and ``learner.inner_lr`` (α) for one meta-batch and returns metrics; the trainer then checks the
+gradients for NaN/inf, (all-)reduces them and takes the optimizer step. Keeping the update out of
+the algorithm lets every algorithm share checkpointing, fault handling and distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """B tasks on the model's device: support (B, M, ...) and query (B, Q, ...)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+
+@dataclass
+class Learner:
+    """θ, the per-layer inner learning rates α, and how to evaluate the model with given weights."""
+
+    model: nn.Module
+    params: Params  # θ: leaf tensors, requires_grad
+    inner_lr: Params  # α: one tensor per adapted parameter (0-dim per layer, or param-shaped)
+    task: str  # "classification" | "regression"
+    head: tuple[str, ...] = ("head.weight", "head.bias")
+
+    def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
+        return functional_call(self.model, params, (x,), {"ref": ref})
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, y)
+
+    def metric(self, out: Tensor, y: Tensor) -> float:
+        """Accuracy (classification) or mean squared error (regression)."""
+        if self.task == "classification":
+            return float((out.argmax(-1) == y).float().mean())
+        return float(F.mse_loss(out, y))
+
+    def predict_query(self, params: Params, sx: Tensor, qx: Tensor) -> Tensor:
+        """Query outputs with normalisation statistics from the support set only."""
+        n = sx.shape[0]
+        return self.forward(params, torch.cat([sx, qx]), ref=n)[n:]
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.params.values()) + [a for a in self.inner_lr.values() if a.requires_grad]
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type]
+
+    def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
+        """Accumulate the meta-gradient of one meta-batch into ``.grad`` of θ and α."""
+        ...
+
+    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+        """The inner loop, pure: returns the weights after each of 0..steps steps (detached)."""
+        ...
+
+
+AlgorithmFactory = Callable[[Any, Any], Algorithm]

@@ -1,0 +1,56 @@
+"""``metactl adapt``: fine-tune a run on a folder of labeled examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from metactl.cli.common import console, err_console, handle_errors
+
+
+@handle_errors
+def adapt(
+    support: Path = typer.Option(..., "--support", help="Folder with one subfolder of images per label."),
+    from_: Path = typer.Option(None, "--from", help="Run dir. [default: newest under ./runs]"),
+    steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
+    query: Path = typer.Option(None, "--query", help="Labeled folder to measure accuracy on."),
+    out: Path = typer.Option(Path("adapted"), "--out", help="Where to write the adapted model."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Adapt a meta-trained run to your examples with its learned per-layer learning rates."""
+    from metactl.adapt import adapt as run_adapt
+
+    result = run_adapt(support, from_, steps, query, out, force)
+    summary = {
+        "out": str(result.out), "labels": result.labels, "support_losses": result.support_losses,
+        "support_accuracy": result.support_accuracy, "query_accuracy": result.query_accuracy,
+        "per_class": result.per_class, "seconds": round(result.seconds, 2),
+    }  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    if result.skipped:
+        err_console.print(
+            f"[yellow]Skipped {len(result.skipped)} hidden or non-image entries[/] (e.g. {result.skipped[0]}).", highlight=False
+        )
+    table = Table(title="Support loss per inner step")
+    table.add_column("step", justify="right")
+    table.add_column("support loss", justify="right")
+    for k, loss in enumerate(result.support_losses):
+        table.add_row(str(k), f"{loss:.4f}")
+    console.print(table)
+    if result.query_accuracy is not None:
+        per = Table(title=f"Query accuracy {result.query_accuracy:.4f}")
+        per.add_column("label")
+        per.add_column("images", justify="right")
+        per.add_column("accuracy", justify="right")
+        for row in result.per_class:
+            per.add_row(row["label"], str(row["images"]), f"{row['accuracy']:.4f}")
+        console.print(per)
+    console.print(
+        f"{len(result.labels)} labels, support accuracy {result.support_accuracy:.4f}. Adapted model written to [bold]{result.out}[/]"
+    )

@@ -1,0 +1,114 @@
+"""``metactl meta-train``: learn θ and per-layer inner learning rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from metactl.cli.common import console, handle_errors
+
+
+@handle_errors
+def meta_train(
+    algo: str = typer.Option(None, help="Algorithm (see `metactl algorithms`). [default: maml]"),
+    data: str = typer.Option(None, help="glyphs | sinusoid | FOLDER | FILE.zip | omniglot:PATH. [default: glyphs]"),
+    ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
+    shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),
+    query_shots: int = typer.Option(None, help="Query examples per class. [default: 15]"),
+    inner_steps: int = typer.Option(None, help="Inner steps during meta-training. [default: 1]"),
+    test_inner_steps: int = typer.Option(None, help="Inner steps at validation/adapt time. [default: 3]"),
+    inner_lr: float = typer.Option(None, help="Initial inner learning rate α (per layer). [default: 0.4]"),
+    learn_inner_lr: bool = typer.Option(None, "--learn-inner-lr/--no-learn-inner-lr", help="Learn α in the outer loop. [default: learn]"),
+    meta_batch: int = typer.Option(None, help="Tasks per outer step. [default: 32]"),
+    meta_lr: float = typer.Option(None, help="Outer (Adam) learning rate. [default: 0.001]"),
+    steps: int = typer.Option(None, help="Outer steps. [default: 100]"),
+    seed: int = typer.Option(None, help="Seed for weights and episodes. [default: 0]"),
+    device: str = typer.Option(None, help="cpu | cuda. [default: cpu]"),
+    time_budget: float = typer.Option(None, help="Minutes; stop cleanly and save when spent."),
+    eval_every: int = typer.Option(None, help="Validate every N steps (0 disables). [default: 50]"),
+    eval_episodes: int = typer.Option(None, help="Validation episodes. [default: 100]"),
+    checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps. [default: 25]"),
+    rotations: bool = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270° rotations as new classes. [default: off]"),
+    width: int = typer.Option(None, help="Conv-4 filters / MLP hidden width. [default: 64]"),
+    threads: int = typer.Option(None, help="torch threads. [default: all cores]"),
+    config: Path = typer.Option(None, "--config", help="TOML file with the same keys as these flags; flags override it."),
+    out: Path = typer.Option(None, "--out", help="Run directory. [default: runs/ALGO-DATA-NwKs-TIMESTAMP]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Meta-train an initialization θ and per-layer inner learning rates α."""
+    from metactl.config import check_keys, load_toml, resolve
+
+    flags = dict(
+        algo=algo, data=data, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
+        test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
+        meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
+        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, rotations=rotations, width=width, threads=threads,
+    )  # fmt: skip
+    file_values = load_toml(config) if config else {}
+    check_keys({k: v for k, v in flags.items() if v is not None}, "flags")
+    cfg = resolve(file_values, flags)
+    if resume and out is None:
+        from metactl.errors import MetactlError
+
+        raise MetactlError("--resume needs --out RUN_DIR (the run to continue).", "Pass --out runs/NAME.")
+
+    from metactl.train import Reporter
+    from metactl.train import meta_train as run_meta_train
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=json_out,
+    )  # fmt: skip
+    state = {"val": "", "task": None, "load": None}
+    metric_name = "mse" if cfg.data == "sinusoid" else "acc"
+
+    def on_load(done: int, total: int) -> None:
+        if state["load"] is None:
+            state["load"] = progress.add_task("decoding images", total=total, info="")
+        progress.update(state["load"], completed=done)
+
+    def on_start(first: int, total: int) -> None:
+        state["task"] = progress.add_task(f"{cfg.algo} meta-train", total=total, completed=first, info="")
+
+    def on_step(step: int, rec: dict) -> None:
+        if "val" in rec:
+            state["val"] = f" val {metric_name} {rec['val'][0]:.3f}→{rec['val'][-1]:.3f}"
+        progress.update(state["task"], completed=step, info=f"loss {rec['loss']:.3f}{state['val']}")
+
+    with progress:
+        result = run_meta_train(
+            cfg, out=out, force=force, resume=resume, report=Reporter(message=console.print, start=on_start, step=on_step, load=on_load)
+        )
+
+    summary = {
+        "run_dir": str(result.run_dir), "steps": result.steps_done, "seconds": round(result.seconds, 1),
+        "stopped_by": result.stopped_by, "skipped_steps": result.skipped_steps,
+        "validation": result.val_curve, "validation_at_start": result.val_curve_start, "inner_lr": result.inner_lr,
+    }  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"Validation {metric_name} after k inner steps ({cfg.eval_episodes} episodes, held-out classes)")
+    table.add_column("inner step", justify="right")
+    if result.val_curve_start:
+        table.add_column("before training", justify="right")
+    table.add_column("after training", justify="right")
+    for k, c in enumerate(result.val_curve):
+        row = [str(k)]
+        if result.val_curve_start:
+            s = result.val_curve_start[k]
+            row.append(f"{s['mean']:.4f} ± {s['ci95']:.4f}")
+        row.append(f"{c['mean']:.4f} ± {c['ci95']:.4f}")
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"{result.steps_done} steps in {result.seconds:.0f} s (stopped by {result.stopped_by}"
+        + (f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else "")
+        + f"). Run written to [bold]{result.run_dir}[/]"
+    )

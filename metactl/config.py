@@ -1,0 +1,149 @@
+"""Typed, frozen configuration; TOML load, merge and validation.
+
+Precedence: built-in defaults < ``--config FILE.toml`` < command-line flags.
+Every problem in a config is reported at once, in one error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from metactl.errors import MetactlError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``metactl meta-train`` needs; recorded in the run's ``metactl.json``."""
+
+    algo: str = "maml"  # algorithm name in the metactl.algorithms entry-point group
+    data: str = "glyphs"  # glyphs | sinusoid | folder | .zip | omniglot:PATH
+    ways: int = 5  # N classes per episode (ignored for sinusoid)
+    shots: int = 1  # K support examples per class (sinusoid: K points)
+    query_shots: int = 15  # queries per class (sinusoid: query points)
+    inner_steps: int = 1  # inner gradient steps during meta-training
+    test_inner_steps: int = 3  # inner steps used by validation, adapt and evaluate
+    inner_lr: float = 0.4  # initial per-layer inner learning rate alpha
+    learn_inner_lr: bool = True  # learn alpha in the outer loop (per layer, Meta-SGD/MAML++ style)
+    meta_batch: int = 32  # tasks per outer step
+    meta_lr: float = 1e-3  # Adam learning rate of the outer loop
+    steps: int = 100  # outer steps (the time budget may stop earlier)
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda
+    time_budget: float | None = None  # minutes; stop cleanly and save when spent
+    eval_every: int = 50  # validate every N steps; 0 disables validation during training
+    eval_episodes: int = 100  # validation episodes per evaluation
+    checkpoint_every: int = 25  # write a resumable checkpoint every N steps
+    rotations: bool = False  # add 90/180/270 degree rotations as new classes (image data)
+    val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
+    width: int = 64  # Conv-4 filters per layer / MLP hidden width
+    threads: int | None = None  # torch intra-op threads; None = all cores
+    algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
+
+    def __post_init__(self) -> None:
+        problems = validate(self)
+        if problems:
+            raise MetactlError(
+                "Invalid configuration: " + "; ".join(problems) + ".",
+                "Fix these values (flags or --config file) and run again.",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    p: list[str] = []
+
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            p.append(f"{name.replace('_', '-')} must be > 0 (got {value})")
+
+    for name in ("shots", "query_shots", "meta_batch", "steps", "width", "eval_episodes"):
+        positive(name, getattr(cfg, name))
+    if cfg.ways < 2:
+        p.append(f"ways must be >= 2 (got {cfg.ways})")
+    if cfg.inner_steps < 0:
+        p.append(f"inner-steps must be >= 0 (got {cfg.inner_steps})")
+    if cfg.test_inner_steps < 0:
+        p.append(f"test-inner-steps must be >= 0 (got {cfg.test_inner_steps})")
+    positive("meta_lr", cfg.meta_lr)
+    if cfg.inner_lr < 0:
+        p.append(f"inner-lr must be >= 0 (got {cfg.inner_lr})")
+    if cfg.eval_every < 0:
+        p.append(f"eval-every must be >= 0 (got {cfg.eval_every})")
+    if cfg.checkpoint_every < 1:
+        p.append(f"checkpoint-every must be >= 1 (got {cfg.checkpoint_every})")
+    if cfg.time_budget is not None and cfg.time_budget <= 0:
+        p.append(f"time-budget must be > 0 minutes (got {cfg.time_budget})")
+    if not 0 < cfg.val_classes < 1:
+        p.append(f"val-classes must be a fraction in (0, 1) (got {cfg.val_classes})")
+    if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        p.append(f"device must be 'cpu' or 'cuda' (got {cfg.device!r})")
+    if cfg.threads is not None and cfg.threads < 1:
+        p.append(f"threads must be >= 1 (got {cfg.threads})")
+    if not isinstance(cfg.algo_options, dict):
+        p.append("algo-options must be a table")
+    return p
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _expected_type(name: str) -> tuple[type, ...]:
+    default = TrainConfig.__dataclass_fields__[name].default
+    if name in ("time_budget",):
+        return (int, float)
+    if name == "threads":
+        return (int,)
+    if name == "algo_options":
+        return (dict,)
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    return (type(default),)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; keys may use dashes or underscores, as the flags do."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MetactlError(f"Config file not found: {path}.", "Check the path given to --config.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MetactlError(f"Config file {path} is not valid TOML: {exc}.", "Fix the syntax.") from None
+    return check_keys(raw, str(path))
+
+
+def check_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Normalise keys and check names and types; every problem reported at once."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            problems.append(f"unknown key {key!r}")
+            continue
+        types = _expected_type(name)
+        if isinstance(value, bool) and bool not in types:
+            problems.append(f"{key} must be {types[0].__name__}, got a boolean")
+            continue
+        if not isinstance(value, types):
+            problems.append(f"{key} must be {types[0].__name__}, got {type(value).__name__} {value!r}")
+            continue
+        out[name] = float(value) if float in types and not isinstance(value, bool) else value
+    if problems:
+        known = ", ".join(sorted(k.replace("_", "-") for k in _FIELDS))
+        raise MetactlError(f"Config {source}: " + "; ".join(problems) + ".", f"Known keys: {known}.")
+    return out
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Defaults < file < flags (flags given as None are 'not set')."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in flag_values.items() if v is not None})
+    return TrainConfig(**merged)

@@ -1,0 +1,119 @@
+"""The episode sampler: N-way K-shot support + Q queries per class, labels remapped to 0..N-1.
+
+An episode batch is a pure function of ``(seed, step, split)``: the same numbers give the same
+tasks on any machine, in any thread, after any resume. Batches are produced ahead of the training
+loop by a prefetch thread so that decoding/rendering stays off the critical path.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from metactl.data import sinusoid
+from metactl.errors import MetactlError
+
+
+class ClassPool(Protocol):
+    @property
+    def num_classes(self) -> int: ...
+    def count(self, c: int) -> int: ...
+    def get(self, c: int) -> np.ndarray: ...
+    def names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """B tasks stacked: support (B, N*K, ...) and query (B, N*Q, ...); numpy, not yet tensors.
+
+    For classification x is uint8 (ink = 255) with shape (B, M, 1, H, W) and y is int64 in
+    0..N-1; class-major order (the K shots of class 0 first). For regression both are float32.
+    """
+
+    support_x: np.ndarray
+    support_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+    classes: np.ndarray | None = None  # (B, N) pool indices of the sampled classes
+
+
+def episode_rng(seed: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, step])
+
+
+class ClassificationEpisodes:
+    """Samples N-way K-shot episodes from a pool of classes."""
+
+    def __init__(self, pool: ClassPool, ways: int, shots: int, queries: int, what: str = "training") -> None:
+        need = shots + queries
+        self.eligible = np.array([c for c in range(pool.num_classes) if pool.count(c) >= need], dtype=np.int64)
+        if len(self.eligible) < ways:
+            raise MetactlError(
+                f"The {what} data has {len(self.eligible)} classes with at least {need} images "
+                f"(shots {shots} + query-shots {queries}); a {ways}-way episode needs {ways}.",
+                "Lower --ways, --shots or --query-shots, or use more data.",
+            )
+        self.pool, self.ways, self.shots, self.queries = pool, ways, shots, queries
+
+    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
+        n, k, q = self.ways, self.shots, self.queries
+        classes = np.stack([rng.choice(self.eligible, size=n, replace=False) for _ in range(tasks)])
+        first = self.pool.get(int(classes[0, 0]))
+        h, w = first.shape[-2:]
+        sx = np.empty((tasks, n * k, 1, h, w), dtype=np.uint8)
+        qx = np.empty((tasks, n * q, 1, h, w), dtype=np.uint8)
+        for b in range(tasks):
+            for j, c in enumerate(classes[b]):
+                imgs = self.pool.get(int(c))
+                pick = rng.choice(len(imgs), size=k + q, replace=False)
+                sx[b, j * k : (j + 1) * k, 0] = imgs[pick[:k]]
+                qx[b, j * q : (j + 1) * q, 0] = imgs[pick[k:]]
+        sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
+        qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
+        return EpisodeBatch(sx, sy, qx, qy, classes)
+
+
+class SinusoidEpisodes:
+    def __init__(self, shots: int, queries: int) -> None:
+        self.shots, self.queries = shots, queries
+
+    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
+        return EpisodeBatch(*sinusoid.sample_tasks(rng, tasks, self.shots, self.queries))
+
+
+class Sampler(Protocol):
+    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch: ...
+
+
+def prefetch(make: Callable[[int], EpisodeBatch], steps: range, depth: int = 3) -> Iterator[EpisodeBatch]:
+    """Yield ``make(step)`` for each step, computed ``depth`` steps ahead in a daemon thread."""
+    q: queue.Queue[tuple[EpisodeBatch | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for s in steps:
+                if stop.is_set():
+                    return
+                q.put((make(s), None))
+        except BaseException as exc:  # surfaced in the consumer
+            q.put((None, exc))
+
+    t = threading.Thread(target=work, daemon=True, name="metactl-prefetch")
+    t.start()
+    try:
+        for _ in steps:
+            batch, exc = q.get()
+            if exc is not None:
+                raise exc
+            assert batch is not None
+            yield batch
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()

@@ -1,0 +1,99 @@
+"""The support-folder reader shared by ``adapt --support``, ``adapt --query`` and ``predict``.
+
+A support folder holds one subfolder per label; the subfolder's name is the label (any Unicode),
+and labels are sorted by code point. Images (png, jpg/jpeg, bmp, gif, webp, tif/tiff, any mode) are
+converted with the run's recorded preprocessing. Hidden files and non-image files are skipped and
+reported once. Anything that makes the folder unusable is a :class:`MetactlError` naming the path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metactl.data.images import is_image_name, load_image
+from metactl.errors import MetactlError
+
+
+@dataclass
+class LabeledImages:
+    images: np.ndarray  # (n, size, size) uint8, ink = 255
+    targets: np.ndarray  # (n,) int64 index into labels
+    labels: list[str]
+    files: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {lab: int((self.targets == i).sum()) for i, lab in enumerate(self.labels)}
+
+
+def read_image_file(path: Path, prep: dict[str, Any]) -> np.ndarray:
+    """One file -> preprocessed (size, size) uint8; every failure is a MetactlError naming the file."""
+    from PIL import Image
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MetactlError(f"{path}: cannot read ({exc.strerror}).", "Check the file's permissions.") from None
+    if size == 0:
+        raise MetactlError(f"{path}: image file is empty (0 bytes).", "Replace or remove the file.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return load_image(str(path), str(path), prep)
+        except Image.DecompressionBombWarning:
+            raise MetactlError(
+                f"{path}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder."
+            ) from None
+        except PermissionError:
+            raise MetactlError(f"{path}: permission denied.", "Check the file's permissions.") from None
+
+
+def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support") -> LabeledImages:
+    if not root.exists():
+        raise MetactlError(f"{what} {root}: no such folder.", "Pass a folder with one subfolder of images per label.")
+    if not root.is_dir():
+        raise MetactlError(f"{what} {root}: not a folder.", "Pass a folder with one subfolder of images per label.")
+    skipped: list[str] = []
+    classes: list[tuple[str, list[Path]]] = []
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except PermissionError:
+        raise MetactlError(f"{what} {root}: permission denied.", "Check the folder's permissions.") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            skipped.append(str(entry))
+            continue
+        if not entry.is_dir():
+            skipped.append(str(entry))
+            continue
+        files = []
+        for f in sorted(entry.iterdir(), key=lambda p: p.name):
+            if f.is_file() and is_image_name(f.name):
+                files.append(f)
+            else:
+                skipped.append(str(f))
+        classes.append((entry.name, files))
+    if not classes:
+        raise MetactlError(f"{what} {root}: no label subfolders found.", "Put each label's images in a subfolder named after the label.")
+    for name, files in classes:
+        if not files:
+            raise MetactlError(
+                f"{what} {root / name}: label folder holds no images.", "Add images (png, jpg, bmp, gif, webp, tiff) or remove the folder."
+            )
+    if len(classes) < 2:
+        raise MetactlError(
+            f"{what} {root}: found 1 label ({classes[0][0]!r}); need at least 2.", "Add a subfolder of images for each further label."
+        )
+    labels = [name for name, _ in classes]
+    images, targets, paths = [], [], []
+    for i, (_, files) in enumerate(classes):
+        for f in files:
+            images.append(read_image_file(f, prep))
+            targets.append(i)
+            paths.append(str(f))
+    return LabeledImages(np.stack(images), np.array(targets, dtype=np.int64), labels, paths, skipped)

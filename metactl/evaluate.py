@@ -1,0 +1,129 @@
+"""Adaptation curves: the metric after each inner step 0..K on held-out episodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from metactl.api import Learner, TaskBatch
+from metactl.data.episodes import EpisodeBatch, Sampler, episode_rng
+
+EVAL_STREAM = 1  # episode streams: 0 = training, 1 = validation/evaluation
+
+
+def to_batch(ep: EpisodeBatch, device: str | torch.device = "cpu") -> TaskBatch:
+    """numpy episodes -> tensors; images uint8 (ink = 255) become float in [0, 1]."""
+
+    def x(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return (t.float() / 255.0 if t.dtype == torch.uint8 else t).to(device)
+
+    return TaskBatch(
+        x(ep.support_x),
+        torch.from_numpy(np.ascontiguousarray(ep.support_y)).to(device),
+        x(ep.query_x),
+        torch.from_numpy(np.ascontiguousarray(ep.query_y)).to(device),
+    )
+
+
+def adaptation_curve(
+    algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20
+) -> np.ndarray:
+    """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed)."""
+    out = np.empty((episodes, steps + 1))
+    done = 0
+    while done < episodes:
+        n = min(chunk, episodes - done)
+        batch = to_batch(sampler.sample(episode_rng(seed, done // chunk, EVAL_STREAM), n), device)
+        for i in range(n):
+            sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+            trajectory = algo.adapt(learner, sx, sy, steps)
+            with torch.no_grad():
+                for k, params in enumerate(trajectory):
+                    out[done + i, k] = learner.metric(learner.predict_query(params, sx, qx), qy)
+        done += n
+    return out
+
+
+def summarise(values: np.ndarray) -> list[dict[str, float]]:
+    """Mean and 95 % confidence interval (1.96 std / sqrt(n)) per step."""
+    n = values.shape[0]
+    return [
+        {"step": k, "mean": float(values[:, k].mean()), "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1)))}
+        for k in range(values.shape[1])
+    ]
+
+
+def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int) -> Any:
+    """Episodes from classes the run never trained on: ``data`` (all its classes) or the run's split."""
+    from pathlib import Path
+
+    from metactl.data import glyphs
+    from metactl.data.episodes import ClassificationEpisodes, SinusoidEpisodes
+    from metactl.data.folder import detect_invert, load_folder
+    from metactl.data.images import default_preprocessing
+    from metactl.errors import MetactlError
+
+    if meta.get("task") == "regression":
+        if data not in (None, "sinusoid"):
+            raise MetactlError(f"--data {data}: this run is a sinusoid regression run.", "Drop --data or use --data sinusoid.")
+        return SinusoidEpisodes(shots, queries)
+    spec = data if data is not None else meta["data"].get("path") if meta["data"].get("kind") == "folder" else "glyphs"
+    if spec == "glyphs":
+        pool: Any = glyphs.GlyphPool(*glyphs.TEST)
+        return ClassificationEpisodes(pool, ways, shots, queries, "glyph test")
+    if spec == "sinusoid":
+        raise MetactlError("--data sinusoid: this run is a classification run.", "Use image data.")
+    path = Path(spec.split(":", 1)[1] if spec.startswith("omniglot:") else spec).expanduser()
+    if not path.exists():
+        raise MetactlError(f"--data {spec}: no such folder or file.", "Pass a folder of class folders or a .zip of one.")
+    prep = dict(meta.get("preprocessing") or default_preprocessing())
+    prep["invert"] = detect_invert(path)
+    pool = load_folder(path, prep)
+    if data is None:  # the run's own held-out validation classes
+        names = set(meta["split"]["val"])
+        pool = pool.subset([i for i, n in enumerate(pool.names()) if n in names])
+    return ClassificationEpisodes(pool, ways, shots, queries, "evaluation")
+
+
+def evaluate_runs(
+    run_dirs: list[Any],
+    data: str | None = None,
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int = 15,
+    episodes: int = 600,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Adaptation curves of several runs on the same held-out episodes."""
+    from metactl.config import TrainConfig
+    from metactl.registry import load_algorithm, make_config
+    from metactl.train import load_run
+
+    results = []
+    for run in run_dirs:
+        meta, learner = load_run(run, device)
+        cfg = TrainConfig(**meta["config"])
+        algo_cls = load_algorithm(meta["algorithm"]["name"])
+        algo = algo_cls(make_config(algo_cls, meta["algorithm"].get("config", {})), cfg)
+        n = ways or cfg.ways
+        if learner.task == "classification" and n != cfg.ways:
+            from metactl.errors import MetactlError
+
+            raise MetactlError(f"--ways {n}: run {run} was trained {cfg.ways}-way.", "Evaluate with the run's --ways.")
+        k = steps if steps is not None else cfg.test_inner_steps
+        sampler = _held_out_sampler(meta, data, n, shots or cfg.shots, queries)
+        values = adaptation_curve(algo, learner, sampler, episodes, k, seed, device)
+        results.append(
+            {
+                "run": str(run),
+                "algorithm": cfg.algo,
+                "metric": "accuracy" if learner.task == "classification" else "mse",
+                "steps": summarise(values),
+            }
+        )
+    return results

@@ -1,0 +1,178 @@
+"""``export --onnx``: an adapted model as one self-contained ONNX file that onnxruntime serves.
+
+The graph's single input ``pixels`` takes raw pixel values 0-255 (float32), NCHW, shape
+(batch, 1, size, size): the image decoded to grayscale and resized, nothing else. Ink inversion and
+scaling happen inside the graph. The output ``probabilities`` has shape (batch, number of labels);
+``metadata_props`` hold ``labels`` (JSON list, index = output column), ``preprocessing``,
+``source_run`` and ``metactl_version``. Normalisation statistics are frozen, so a prediction never
+depends on the rest of the batch. The exporter checks its own file against torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from metactl import __version__, runs
+from metactl.adapt import MODEL, load_adapted, write_dir_atomically
+from metactl.data.support import read_labeled_folder
+from metactl.errors import MetactlError
+
+ONNX = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+OPSET = 18
+TOLERANCE = 1e-4
+
+
+class Deployed(nn.Module):
+    """Raw pixels (0-255) -> class probabilities, all preprocessing inside."""
+
+    def __init__(self, model: nn.Module, invert: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.invert = invert
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() * (1.0 / 255.0)
+        if self.invert:
+            x = 1.0 - x
+        return torch.softmax(self.model(x), dim=-1)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    max_abs_diff: float
+    agreement_int8: float | None
+    opset: int
+    files: list[str]
+
+
+def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
+    import onnx
+
+    example = torch.zeros(2, 1, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
+            dynamic_shapes={"pixels": {0: batch}}, opset_version=OPSET, external_data=False, verbose=False,
+        )  # fmt: skip
+    except Exception as exc:  # the exporter's own failures are not the user's fault but must not crash silently
+        raise MetactlError(f"ONNX export failed: {type(exc).__name__}: {exc}", "Please report this with the adapted folder.") from None
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata)
+    data = proto.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(data))
+    return data
+
+
+def _run_onnx(data: bytes, raw: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return sess.run(["probabilities"], {"pixels": raw.astype(np.float32)})[0]
+
+
+def _quantize(data: bytes, calibration: np.ndarray, workdir: Path) -> bytes:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"pixels": calibration[i : i + 1].astype(np.float32)} for i in range(len(calibration))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    src, dst = workdir / "float.onnx", workdir / "int8.onnx"
+    src.write_bytes(data)
+    quantize_static(
+        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True,
+    )  # fmt: skip
+    return dst.read_bytes()
+
+
+def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False) -> ExportResult:
+    import tempfile
+
+    from safetensors.torch import save
+
+    if quantize not in (None, "int8"):
+        raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")
+    if out.exists() and not force:
+        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    meta, model = load_adapted(source)
+    prep = meta["preprocessing"]
+    size, invert = int(prep["size"]), bool(prep.get("invert", False))
+    deployed = Deployed(model, invert).eval()
+    metadata = {
+        "labels": json.dumps(meta["labels"], ensure_ascii=False),
+        "preprocessing": json.dumps(
+            {**prep, "input": "pixels: float32 raw values 0-255, NCHW (batch, 1, size, size); grayscale, resized, not inverted"}
+        ),
+        "source_run": meta.get("source_run", ""),
+        "adapted_from": str(source.resolve()),
+        "metactl_version": __version__,
+    }
+    data = _onnx_bytes(deployed, size, metadata)
+    # check the file against torch on the support images, as a client would send them (not inverted)
+    support = (
+        read_labeled_folder(Path(meta["support"]["folder"]), prep, "support folder") if Path(meta["support"]["folder"]).is_dir() else None
+    )
+    if support is not None:
+        images = support.images
+    else:  # the support folder moved: check on a fixed random batch instead
+        images = np.random.default_rng(0).integers(0, 256, (16, size, size)).astype(np.uint8)
+    raw = (255 - images if invert else images).astype(np.float32)[:, None]
+    with torch.no_grad():
+        expected = deployed(torch.from_numpy(raw)).numpy()
+    got = _run_onnx(data, raw)
+    diff = float(np.abs(expected - got).max())
+    if not diff <= TOLERANCE:
+        raise MetactlError(f"ONNX check failed: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE:g}).", "Please report this.")
+    files = {ONNX: data}
+    agreement = None
+    if quantize == "int8":
+        with tempfile.TemporaryDirectory() as tmp:
+            q = _quantize(data, raw, Path(tmp))
+        agreement = float((_run_onnx(q, raw).argmax(-1) == got.argmax(-1)).mean())
+        files[ONNX_INT8] = q
+    tensors = runs.load_tensors(source / MODEL)
+    files[MODEL] = save(tensors, metadata={"format": "metactl-adapted", "metactl_version": __version__})
+    info = {
+        "metactl_version": __version__,
+        "kind": "export",
+        "labels": meta["labels"],
+        "preprocessing": prep,
+        "input": {
+            "name": "pixels",
+            "dtype": "float32",
+            "shape": ["batch", 1, size, size],
+            "values": "raw 0-255, grayscale, resized; inversion and scaling are inside the graph",
+        },
+        "output": {"name": "probabilities", "shape": ["batch", len(meta["labels"])]},
+        "opset": OPSET,
+        "check": {
+            "images": len(raw),
+            "on": "support images" if support is not None else "random pixels",
+            "max_abs_diff": diff,
+            "tolerance": TOLERANCE,
+        },
+        "quantization": None
+        if quantize is None
+        else {"kind": "int8 static (QDQ), calibrated on the support images", "file": ONNX_INT8, "argmax_agreement_with_float": agreement},
+        "source_adapted": str(source.resolve()),
+        "source_run": meta.get("source_run"),
+    }
+    files[runs.META] = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
+    write_dir_atomically(out, force, files)
+    return ExportResult(out, diff, agreement, OPSET, sorted(files))
+
+
+__all__ = ["Deployed", "ExportResult", "export"]

@@ -1,0 +1,73 @@
+"""The Conv-4 backbone of Finn et al. 2017 (MAML), after Vinyals et al. 2016.
+
+Four blocks of [conv 3x3 (``width`` filters), BatchNorm, ReLU, max-pool 2] and a linear head.
+
+Deliberate differences from the paper's code, none changing the function class:
+- the convolutions have no bias: BatchNorm subtracts the per-channel mean right after, so a conv
+  bias receives exactly zero gradient and its inner learning rate could never move;
+- BatchNorm keeps no running statistics during meta-training; it normalises with per-task
+  statistics. ``forward(x, ref=n)`` takes them from the first ``n`` rows only (the support set),
+  so query predictions never depend on the other queries — the same computation the deployed
+  model performs with statistics frozen at adapt time (``ref=None`` uses the whole batch, the
+  transductive behaviour of the original MAML code).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TaskNorm2d(nn.Module):
+    """BatchNorm over a reference slice of the batch (affine, no running statistics).
+
+    When ``mean``/``var`` buffers are set (deployment), they are used instead, which makes the
+    layer a fixed per-channel affine map.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.mean: torch.Tensor | None
+        self.var: torch.Tensor | None
+        self.register_buffer("mean", None)
+        self.register_buffer("var", None)
+
+    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+        if self.mean is not None and self.var is not None:
+            return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps)
+        if ref is None:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        r = x[:ref]
+        mean = r.mean(dim=(0, 2, 3), keepdim=True)
+        var = (r - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+
+
+class Conv4(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, width: int = 64) -> None:
+        super().__init__()
+        size = image_size
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        channels = in_channels
+        for _ in range(4):
+            self.convs.append(nn.Conv2d(channels, width, 3, padding=1, bias=False))
+            self.norms.append(TaskNorm2d(width))
+            channels = width
+            size //= 2
+        if size < 1:
+            raise ValueError(f"image_size {image_size} is too small for four 2x poolings")
+        self.head = nn.Linear(width * size * size, num_classes)
+
+    def features(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.max_pool2d(F.relu(norm(conv(x), ref)), 2)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+        return self.head(self.features(x, ref))

@@ -1,0 +1,24 @@
+"""The MLP of Finn et al. 2017 for sinusoid regression: 1 -> 40 -> 40 -> 1 with ReLU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int = 1, out_features: int = 1, hidden: tuple[int, ...] = (40, 40)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = in_features
+        for h in hidden:
+            layers += [nn.Linear(last, h), nn.ReLU()]
+            last = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(last, out_features)
+
+    def features(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,141 @@
+"""Entry-point discovery for the ``metactl.algorithms`` group.
+
+Listing never imports an algorithm: names and distributions come from package metadata, and the
+one-line description is read from the module's source with ``ast`` (its ``description`` class
+attribute, else the first docstring line). Only the algorithm chosen with ``--algo`` is imported,
+then checked against the contract.
+
+``METACTL_ALGORITHMS=maml,fomaml`` (comma-separated names) restricts which entry points are seen.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from metactl.errors import MetactlError
+
+GROUP = "metactl.algorithms"
+ENV = "METACTL_ALGORITHMS"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    name: str
+    value: str  # "module:attr"
+    distribution: str
+    version: str
+    description: str
+    problem: str | None = None  # why it cannot be loaded, if found out without importing
+
+
+def _entry_points() -> list[EntryPoint]:
+    eps = list(entry_points(group=GROUP))
+    allowed = os.environ.get(ENV)
+    if allowed:
+        names = {n.strip() for n in allowed.split(",") if n.strip()}
+        eps = [ep for ep in eps if ep.name in names]
+    seen: dict[str, EntryPoint] = {}
+    for ep in eps:
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda e: e.name)
+
+
+def _describe(ep: EntryPoint) -> tuple[str, str | None]:
+    """(description, problem) from the module's source, without executing it."""
+    module, _, attr = ep.value.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        return "", f"cannot find module {module!r} ({exc})"
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return "", None if spec is not None else f"module {module!r} not found"
+    try:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        return "", f"cannot parse {spec.origin} ({exc})"
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == attr.split(".")[0]:
+            for stmt in node.body:
+                target = stmt.target if isinstance(stmt, ast.AnnAssign) else (stmt.targets[0] if isinstance(stmt, ast.Assign) else None)
+                if isinstance(target, ast.Name) and target.id == "description" and isinstance(stmt.value, ast.Constant):
+                    return str(stmt.value.value), None
+            doc = ast.get_docstring(node)
+            return (doc.strip().splitlines()[0] if doc else ""), None
+    doc = ast.get_docstring(tree)
+    return (doc.strip().splitlines()[0] if doc else ""), None
+
+
+def list_algorithms() -> list[AlgorithmInfo]:
+    infos = []
+    for ep in _entry_points():
+        dist = ep.dist
+        description, problem = _describe(ep)
+        infos.append(
+            AlgorithmInfo(
+                name=ep.name,
+                value=ep.value,
+                distribution=dist.name if dist is not None else "?",
+                version=dist.version if dist is not None else "?",
+                description=description,
+                problem=problem,
+            )
+        )
+    return infos
+
+
+def available_names() -> list[str]:
+    return [ep.name for ep in _entry_points()]
+
+
+def load_algorithm(name: str) -> Any:
+    """Import the algorithm class registered as ``name`` and check it against the contract."""
+    matches = [ep for ep in _entry_points() if ep.name == name]
+    if not matches:
+        names = ", ".join(available_names()) or "(none)"
+        raise MetactlError(f"Unknown algorithm {name!r}.", f"Installed algorithms: {names}.")
+    ep = matches[0]
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a broken plugin must not crash with a traceback
+        raise MetactlError(
+            f"Algorithm {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}.",
+            "Reinstall or fix that plugin, or choose another --algo.",
+        ) from None
+    problems = check_contract(cls)
+    if problems:
+        raise MetactlError(f"Algorithm {name!r} ({ep.value}) breaks the plugin contract: " + "; ".join(problems) + ".", "Fix the plugin.")
+    return cls
+
+
+def check_contract(cls: Any) -> list[str]:
+    problems = []
+    for attr in ("name", "description", "Config"):
+        if not hasattr(cls, attr):
+            problems.append(f"missing class attribute {attr!r}")
+    if hasattr(cls, "Config") and not dataclasses.is_dataclass(cls.Config):
+        problems.append("Config must be a dataclass")
+    for method in ("meta_gradient", "adapt"):
+        if not callable(getattr(cls, method, None)):
+            problems.append(f"missing method {method}()")
+    return problems
+
+
+def make_config(cls: Any, options: dict[str, Any]) -> Any:
+    """Build the algorithm's Config from ``algo_options``; unknown keys are reported at once."""
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MetactlError(
+            f"Unknown option(s) for algorithm {cls.name!r}: {', '.join(unknown)}.",
+            f"Known: {', '.join(sorted(known)) or '(none)'}.",
+        )
+    try:
+        return cls.Config(**options)
+    except (TypeError, ValueError) as exc:
+        raise MetactlError(f"Invalid options for algorithm {cls.name!r}: {exc}.", "Fix algo-options.") from None

@@ -1,0 +1,312 @@
+"""``meta-train``: the outer loop shared by every algorithm.
+
+The algorithm computes the meta-gradient of a meta-batch (``Algorithm.meta_gradient``); this
+module owns everything around it: data, model, θ and α, the Adam outer update, NaN/inf guards,
+validation, checkpoints, the time budget and the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metactl import __version__, runs
+from metactl.api import Learner
+from metactl.config import TrainConfig
+from metactl.data import TaskData, open_data
+from metactl.data.episodes import episode_rng, prefetch
+from metactl.errors import MetactlError
+from metactl.evaluate import adaptation_curve, summarise, to_batch
+from metactl.models import build_model
+from metactl.registry import load_algorithm, make_config
+
+TRAIN_STREAM = 0
+MAX_BAD_STEPS = 10  # consecutive non-finite steps before training stops
+
+
+@dataclass
+class Reporter:
+    """Callbacks the CLI fills in (rich progress); all optional."""
+
+    message: Callable[[str], None] = lambda s: None
+    start: Callable[[int, int], None] = lambda first, total: None
+    step: Callable[[int, dict[str, float]], None] = lambda step, m: None
+    load: Callable[[int, int], None] = lambda done, total: None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps_done: int
+    seconds: float
+    stopped_by: str  # "steps" | "time-budget" | "non-finite"
+    val_curve: list[dict[str, float]] = field(default_factory=list)
+    val_curve_start: list[dict[str, float]] = field(default_factory=list)
+    inner_lr: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data = cfg.data if cfg.data in ("glyphs", "sinusoid") else Path(cfg.data.split(":", 1)[-1]).stem
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.algo}-{data}-{cfg.ways}w{cfg.shots}s-{stamp}"
+
+
+def _prepare_out(out: Path, force: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
+    existing = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not (out / runs.CHECKPOINT).is_file():
+            raise MetactlError(f"--resume: no checkpoint in {out}.", "Pass --out of an interrupted run, or drop --resume.")
+        return
+    if existing and not force:
+        raise MetactlError(
+            f"--out {out} already holds files.", "Pass --force to replace it, --resume to continue it, or choose another --out."
+        )
+    if existing and force:
+        if not (out / runs.META).is_file():
+            raise MetactlError(f"--out {out} is not a metactl run; refusing to delete it even with --force.", "Choose another --out.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str) -> Learner:
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_spec).to(device)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
+    return Learner(model, params, lr, task)
+
+
+def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, step: int, elapsed: float, bad: int) -> None:
+    tensors = runs.join_theta(learner.params, learner.inner_lr)
+    state = opt.state_dict()
+    for i, s in state["state"].items():
+        for key, value in s.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{i}.{key}"] = value
+    runs.save_tensors(out / runs.CHECKPOINT, tensors, {"format": "metactl-checkpoint", "step": str(step)})
+    runs.atomic_write_json(
+        out / runs.CHECKPOINT_META,
+        {
+            "step": step,
+            "elapsed_seconds": elapsed,
+            "bad_steps_in_a_row": bad,
+            "param_groups": state["param_groups"],
+            "metactl_version": __version__,
+        },
+    )
+
+
+def _load_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer) -> tuple[int, float, int]:
+    tensors = runs.load_tensors(out / runs.CHECKPOINT)
+    meta = json.loads((out / runs.CHECKPOINT_META).read_text(encoding="utf-8"))
+    theta, lr = runs.split_theta({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    if set(theta) != set(learner.params) or any(theta[k].shape != learner.params[k].shape for k in theta):
+        raise MetactlError(
+            f"{out / runs.CHECKPOINT}: weights do not match this model.", "Resume with the same model settings the run was started with."
+        )
+    with torch.no_grad():
+        for k, v in theta.items():
+            learner.params[k].copy_(v)
+        for k, v in lr.items():
+            learner.inner_lr[k].copy_(v)
+    state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, i, name = key.split(".", 2)
+            state["state"].setdefault(int(i), {})[name] = value
+    opt.load_state_dict(state)
+    return int(meta["step"]), float(meta["elapsed_seconds"]), int(meta.get("bad_steps_in_a_row", 0))
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    old = runs.read_meta(out).get("config", {})
+    keys = ("algo", "data", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "seed", "width", "rotations")
+    diff = [f"{k} ({old.get(k)!r} -> {getattr(cfg, k)!r})" for k in keys if k in old and old[k] != getattr(cfg, k)]
+    if diff:
+        raise MetactlError(
+            f"--resume with settings that differ from the run in {out}: " + ", ".join(diff) + ".", "Resume with the run's own settings."
+        )
+
+
+def meta_train(
+    cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None
+) -> TrainResult:
+    report = report or Reporter()
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MetactlError("--device cuda: no CUDA device is available to torch here.", "Use --device cpu.")
+    algo_cls = load_algorithm(cfg.algo)
+    algo = algo_cls(make_config(algo_cls, cfg.algo_options), cfg)
+    out = out or default_run_dir(cfg)
+    if resume:
+        _prepare_out(out, force, resume)
+        _check_resume_config(out, cfg)
+    data: TaskData = open_data(cfg, report.load)
+    if data.kind == "regression" and cfg.data != "sinusoid":  # pragma: no cover - future sources
+        raise MetactlError("unsupported regression source")
+    if not resume:
+        _prepare_out(out, force, resume)
+    learner = init_learner(data.model_spec, cfg, data.kind, cfg.device)
+    opt = torch.optim.Adam(
+        [{"params": list(learner.params.values()), "name": "theta"}]
+        + ([{"params": list(learner.inner_lr.values()), "name": "inner_lr"}] if cfg.learn_inner_lr else []),
+        lr=cfg.meta_lr,
+    )
+    start_step, elapsed_before, bad = (0, 0.0, 0)
+    if resume:
+        start_step, elapsed_before, bad = _load_checkpoint(out, learner, opt)
+        _truncate_metrics(out / runs.METRICS, start_step)
+        report.message(f"Resuming {out} from step {start_step}.")
+
+    meta = {
+        "metactl_version": __version__,
+        "kind": "run",
+        "algorithm": {"name": cfg.algo, "config": _asdict(algo.config)},
+        "config": cfg.to_dict(),
+        "task": data.kind,
+        "model": data.model_spec,
+        "data": data.spec,
+        "preprocessing": data.preprocessing,
+        "split": data.split,
+        "seed": cfg.seed,
+        "budget": {"steps": cfg.steps, "time_budget_minutes": cfg.time_budget},
+        "status": "running",
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    runs.atomic_write_json(out / runs.META, meta)
+
+    val_start: list[dict[str, float]] = []
+    if data.val is not None and cfg.eval_every > 0 and start_step == 0:
+        val_start = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+
+    budget = cfg.time_budget * 60 if cfg.time_budget else math.inf
+    t0 = time.perf_counter() - elapsed_before
+    stopped_by = "steps"
+    skipped = 0
+    step = start_step
+    report.start(start_step, cfg.steps)
+    batches = prefetch(lambda s: data.train.sample(episode_rng(cfg.seed, s, TRAIN_STREAM), cfg.meta_batch), range(start_step, cfg.steps))
+    try:
+        for ep in batches:
+            if time.perf_counter() - t0 >= budget:
+                stopped_by = "time-budget"
+                break
+            ts = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            metrics = algo.meta_gradient(learner, to_batch(ep, cfg.device))
+            finite = math.isfinite(metrics["loss"]) and all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters()
+            )
+            if finite:
+                opt.step()
+                bad = 0
+            else:
+                skipped += 1
+                bad += 1
+            step += 1
+            record: dict[str, Any] = {
+                "step": step,
+                "loss": metrics["loss"],
+                "train_metric": metrics["metric"],
+                "seconds": time.perf_counter() - ts,
+                "elapsed": time.perf_counter() - t0,
+            }
+            if not finite:
+                record["skipped"] = True
+            if data.val is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0):
+                curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+                record["val"] = [c["mean"] for c in curve]
+            runs.append_jsonl(out / runs.METRICS, record)
+            report.step(step, record)
+            if bad >= MAX_BAD_STEPS:
+                stopped_by = "non-finite"
+                break
+            if step % cfg.checkpoint_every == 0:
+                _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was learned, resumable with --resume, then exit 130 (the CLI does).
+        _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
+        report.message(f"Interrupted at step {step}; checkpoint saved. Continue with: metactl meta-train --out {out} --resume")
+        raise
+    finally:
+        batches.close()
+    seconds = time.perf_counter() - t0
+    _save_checkpoint(out, learner, opt, step, seconds, bad)
+    runs.save_tensors(
+        out / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__}
+    )
+    val_curve: list[dict[str, float]] = []
+    if data.val is not None:
+        val_curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+    meta.update(
+        status="complete" if stopped_by != "non-finite" else "stopped-non-finite",
+        finished=datetime.now().isoformat(timespec="seconds"),
+        steps_done=step,
+        seconds=round(seconds, 2),
+        stopped_by=stopped_by,
+        skipped_steps=skipped,
+        validation={"episodes": cfg.eval_episodes, "inner_steps": cfg.test_inner_steps, "curve": val_curve},
+    )
+    runs.atomic_write_json(out / runs.META, meta)
+    if stopped_by == "non-finite":
+        report.message(
+            f"Stopped after {MAX_BAD_STEPS} non-finite steps in a row; the last good θ is saved in {out}. "
+            "Try a lower --meta-lr or --inner-lr."
+        )
+    return TrainResult(
+        run_dir=out,
+        steps_done=step,
+        seconds=seconds,
+        stopped_by=stopped_by,
+        val_curve=val_curve,
+        val_curve_start=val_start,
+        inner_lr={k: float(v.detach().mean()) for k, v in learner.inner_lr.items()},
+        skipped_steps=skipped,
+    )
+
+
+def _asdict(config: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    runs.atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode("utf-8"))
+
+
+def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
+    """Read a run dir back into (metadata, learner with θ and α)."""
+    meta = runs.read_meta(run)
+    if meta.get("kind") != "run":
+        raise MetactlError(f"{run}: not a meta-training run.", "Pass a directory written by metactl meta-train.")
+    tensors = runs.load_tensors(run / runs.THETA)
+    theta, lr = runs.split_theta(tensors)
+    model = build_model(meta["model"]).to(device)
+    expected = dict(model.named_parameters())
+    if set(theta) != set(expected) or any(theta[k].shape != expected[k].shape for k in theta):
+        raise MetactlError(
+            f"{run / runs.THETA}: weights do not match the model in {runs.META}.", "The run is damaged or from another version."
+        )
+    params = {k: v.to(device).requires_grad_(True) for k, v in theta.items()}
+    inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
+    return meta, Learner(model, params, inner, meta.get("task", "classification"))
+
+
+__all__ = ["Reporter", "TrainResult", "load_run", "meta_train"]

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import itertools
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metactl.config import TrainConfig
+from metactl.data import RotatedPool, glyphs, open_data, split_classes
+from metactl.data.episodes import ClassificationEpisodes, SinusoidEpisodes, episode_rng
+from metactl.data.folder import ArrayPool, load_folder
+from metactl.data.images import default_preprocessing
+from metactl.errors import MetactlError
+
+
+def test_glyphs_are_deterministic_28x28_and_distinct() -> None:
+    a, b = glyphs.render_class(7), glyphs.render_class(7)
+    assert a.shape == (20, 28, 28) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, glyphs.render_class(8))
+    assert a.max() == 255 and a.min() == 0  # antialiased ink on an empty background
+    assert 0 < len(np.unique(a)) - 2  # intermediate grey levels: antialiasing
+    # drawings of one class differ from each other (jitter) but resemble each other more than other classes
+    same = np.abs(a[0].astype(float) - a[1]).mean()
+    other = np.mean([np.abs(a[0].astype(float) - glyphs.render_class(c)[0]).mean() for c in range(20, 30)])
+    assert 0 < same < other
+
+
+def test_glyph_class_ranges_are_disjoint() -> None:
+    ranges = [glyphs.TRAIN, glyphs.VAL, glyphs.TEST]
+    for (_, a1), (b0, _) in itertools.pairwise(ranges):
+        assert a1 <= b0
+    assert glyphs.TRAIN[1] - glyphs.TRAIN[0] >= 1000
+
+
+def _pool(classes: int = 10, per: int = 20) -> ArrayPool:
+    imgs = np.repeat(np.arange(classes, dtype=np.uint8), per)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    return ArrayPool(imgs, np.arange(0, classes * per + 1, per), [f"c{i}" for i in range(classes)])
+
+
+def test_sampler_shapes_labels_and_reproducibility() -> None:
+    sampler = ClassificationEpisodes(_pool(), ways=5, shots=2, queries=3)
+    ep = sampler.sample(episode_rng(0, 4, 0), 6)
+    assert ep.support_x.shape == (6, 10, 1, 4, 4) and ep.query_x.shape == (6, 15, 1, 4, 4)
+    assert ep.support_y.tolist()[0] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert ep.query_y.tolist()[0] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    for b in range(6):
+        assert len(set(ep.classes[b].tolist())) == 5
+        for j, c in enumerate(ep.classes[b]):  # label j is class c in this episode (pixel value = class id)
+            assert (ep.support_x[b, ep.support_y[b] == j] == c).all()
+            assert (ep.query_x[b, ep.query_y[b] == j] == c).all()
+    again = sampler.sample(episode_rng(0, 4, 0), 6)
+    assert np.array_equal(ep.support_x, again.support_x) and np.array_equal(ep.classes, again.classes)
+    other = sampler.sample(episode_rng(0, 5, 0), 6)
+    assert not np.array_equal(ep.classes, other.classes)
+
+
+def test_support_and_query_images_are_disjoint() -> None:
+    imgs = np.arange(10 * 20, dtype=np.int64).astype(np.uint8)  # unique per image within a class
+    pool = ArrayPool(np.broadcast_to(imgs[:, None, None], (200, 2, 2)).copy(), np.arange(0, 201, 20), [str(i) for i in range(10)])
+    ep = ClassificationEpisodes(pool, 5, 5, 15).sample(episode_rng(1, 0, 0), 4)
+    for b in range(4):
+        for j in range(5):
+            s = set(ep.support_x[b, ep.support_y[b] == j, 0, 0, 0].tolist())
+            q = set(ep.query_x[b, ep.query_y[b] == j, 0, 0, 0].tolist())
+            assert not s & q and len(s) == 5 and len(q) == 15
+
+
+def test_too_few_classes_is_a_clear_error() -> None:
+    with pytest.raises(MetactlError, match="5-way episode needs 5"):
+        ClassificationEpisodes(_pool(classes=4), ways=5, shots=1, queries=1)
+    with pytest.raises(MetactlError, match="at least 25 images"):
+        ClassificationEpisodes(_pool(per=20), ways=5, shots=5, queries=20)
+
+
+def test_split_is_disjoint_seeded_and_complete() -> None:
+    train, val = split_classes(100, 0.1, seed=3, ways=5)
+    assert not set(train) & set(val) and len(train) + len(val) == 100 and len(val) == 10
+    assert split_classes(100, 0.1, seed=3, ways=5) == (train, val)
+
+
+def test_rotations_add_three_new_classes_per_class() -> None:
+    pool = RotatedPool(_pool())
+    assert pool.num_classes == 40
+    base = _pool().get(1)
+    assert np.array_equal(pool.get(5), np.rot90(base, 1, axes=(-2, -1)))
+    assert pool.names()[5] == "c1@rot90"
+
+
+def test_sinusoid_family_ranges() -> None:
+    ep = SinusoidEpisodes(10, 20).sample(episode_rng(0, 0, 0), 50)
+    assert ep.support_x.shape == (50, 10, 1) and ep.query_y.shape == (50, 20, 1)
+    x = np.concatenate([ep.support_x, ep.query_x], 1)
+    y = np.concatenate([ep.support_y, ep.query_y], 1)
+    assert x.min() >= -5 and x.max() <= 5 and np.abs(y).max() <= 5
+
+
+def test_folder_and_zip_read_the_same(image_folder: Path, tmp_path: Path) -> None:
+    prep = default_preprocessing(28, invert=True)
+    from_dir = load_folder(image_folder, prep)
+    zpath = tmp_path / "data.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in sorted(image_folder.rglob("*.png")):
+            z.write(f, "top/" + f.relative_to(image_folder).as_posix())
+        z.writestr("top/.hidden/x.png", b"junk")  # hidden folders are skipped
+        z.writestr("top/readme.txt", b"not an image")
+    from_zip = load_folder(zpath, prep)
+    assert from_dir.num_classes == from_zip.num_classes == 6
+    assert np.array_equal(from_dir.images, from_zip.images)
+    assert from_dir.images.shape == (36, 28, 28)
+    # ink (black in the files) becomes 255 after inversion; background 0
+    assert from_dir.images.mean() < 128
+
+
+def test_data_split_is_recorded_and_disjoint(image_folder: Path) -> None:
+    cfg = TrainConfig(data=str(image_folder), ways=2, shots=1, query_shots=2, val_classes=0.3)
+    data = open_data(cfg)
+    assert set(data.split["train"]).isdisjoint(data.split["val"])
+    assert len(data.split["train"]) + len(data.split["val"]) == 6
+    assert data.preprocessing is not None and data.preprocessing["invert"] is True
+
+
+def test_official_omniglot_zip_reads_as_downloaded(omniglot_dir: Path) -> None:
+    pool = load_folder(omniglot_dir / "images_background.zip", default_preprocessing(28, invert=True))
+    assert pool.num_classes == 964 and pool.images.shape == (19280, 28, 28)
+    assert all(pool.count(c) == 20 for c in range(pool.num_classes))
+    # same pixels as the packed reference arrays (ink = 255, Lanczos from 105x105)
+    ref = np.load(omniglot_dir / "omniglot.npz")
+    names = ref["character_names"]
+    c = pool.names().index("images_background/Latin/character01")
+    row = int(np.flatnonzero(names == "Latin/character01")[0]) * 20
+    assert np.abs(pool.get(c).astype(int) - ref["images"][row : row + 20]).max() <= 1
