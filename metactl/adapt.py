@@ -165,7 +165,7 @@ def adapt(
         extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
         raise MetactlError(f"--query {query}: labels not in the support folder: {extra}.", "Use the same label folders as --support.")
     cfg = TrainConfig(**meta["config"])
-    k = cfg.test_inner_steps if steps is None else steps
+    k = int(meta.get("adapt_steps", cfg.test_inner_steps)) if steps is None else steps
     if k < 0:
         raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
     algo_cls = load_algorithm(meta["algorithm"]["name"])

@@ -101,9 +101,11 @@ def evaluate_runs(
 ) -> list[dict[str, Any]]:
     """Adaptation curves of several runs on the same held-out episodes."""
     from metactl.config import TrainConfig
+    from metactl.perf import tune_malloc
     from metactl.registry import load_algorithm, make_config
     from metactl.train import load_run
 
+    tune_malloc()
     results = []
     for run in run_dirs:
         meta, learner = load_run(run, device)

@@ -28,6 +28,7 @@ from metactl.data.episodes import episode_rng, prefetch
 from metactl.errors import MetactlError
 from metactl.evaluate import adaptation_curve, summarise, to_batch
 from metactl.models import build_model
+from metactl.perf import tune_malloc
 from metactl.registry import load_algorithm, make_config
 
 TRAIN_STREAM = 0
@@ -145,6 +146,7 @@ def meta_train(
     cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None
 ) -> TrainResult:
     report = report or Reporter()
+    tune_malloc()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MetactlError("--device cuda: no CUDA device is available to torch here.", "Use --device cpu.")
@@ -251,6 +253,10 @@ def meta_train(
     val_curve: list[dict[str, float]] = []
     if data.val is not None:
         val_curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+    if val_curve:  # the step count that adapted best on validation classes: adapt's default
+        after = [c["mean"] for c in val_curve[1:]]  # after 1..K steps
+        best = max(after) if data.kind == "classification" else min(after)
+        meta["adapt_steps"] = 1 + after.index(best) if after else 0
     meta.update(
         status="complete" if stopped_by != "non-finite" else "stopped-non-finite",
         finished=datetime.now().isoformat(timespec="seconds"),

@@ -65,7 +65,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="measure with glibc's default allocator settings")
     args = ap.parse_args()
+    if not args.no_malloc_tuning:
+        from metactl.perf import tune_malloc
+
+        print(f"malloc tuning applied: {tune_malloc()}")
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(meta_batch=32, ways=5, shots=1, query_shots=15, inner_steps=1)
     sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)

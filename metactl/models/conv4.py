@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = x.shape[1]
+    return torch.zeros(c, dtype=x.dtype, device=x.device), torch.ones(c, dtype=x.dtype, device=x.device)
+
+
 class TaskNorm2d(nn.Module):
     """BatchNorm over a reference slice of the batch (affine, no running statistics).
 
@@ -41,11 +46,14 @@ class TaskNorm2d(nn.Module):
             return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps)
         if ref is None:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        r = x[:ref]
-        mean = r.mean(dim=(0, 2, 3), keepdim=True)
-        var = (r - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
-        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
-        return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+        # Statistics of the reference rows only, folded into a per-channel affine map x * scale + shift.
+        # The map runs through the native (fused) eval-mode batch_norm kernel with unit statistics,
+        # whose backward and double backward give the gradients w.r.t. x, scale and shift.
+        var, mean = torch.var_mean(x[:ref], dim=(0, 2, 3), correction=0)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        zeros, ones = _unit_stats(x)
+        return F.batch_norm(x, zeros, ones, scale, shift, False, 0.0, 0.0)
 
 
 class Conv4(nn.Module):
