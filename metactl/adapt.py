@@ -158,8 +158,9 @@ def adapt(
     meta, learner = load_run(run)
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
         raise MetactlError(f"{run}: adapt needs an image classification run (this one is {meta.get('task')}).", "Meta-train on image data.")
-    prep = meta["preprocessing"]
-    data = read_labeled_folder(support, prep, "--support")
+    # the model expects ink = 255; whether the user's files need inverting is read off the support folder
+    data = read_labeled_folder(support, {**meta["preprocessing"], "invert": None}, "--support")
+    prep = data.preprocessing
     qdata: LabeledImages | None = read_labeled_folder(query, prep, "--query") if query is not None else None
     if qdata is not None and set(qdata.labels) - set(data.labels):
         extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
@@ -205,6 +206,7 @@ def adapt(
         "support_losses": losses,
         "support_accuracy": support_acc,
         "query_accuracy": query_acc,
+        "query": None if qdata is None else {"folder": str(query.resolve()), "images": len(qdata.images)},
         "created": datetime.now().isoformat(timespec="seconds"),
     }
     blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})

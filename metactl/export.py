@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,15 +55,19 @@ class ExportResult:
 
 
 def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
+    import warnings
+
     import onnx
 
     example = torch.zeros(2, 1, size, size)
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
-            dynamic_shapes={"pixels": {0: batch}}, opset_version=OPSET, external_data=False, verbose=False,
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation chatter
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
+                dynamic_shapes={"pixels": {0: batch}}, opset_version=OPSET, external_data=False, verbose=False,
+            )  # fmt: skip
     except Exception as exc:  # the exporter's own failures are not the user's fault but must not crash silently
         raise MetactlError(f"ONNX export failed: {type(exc).__name__}: {exc}", "Please report this with the adapted folder.") from None
     proto = program.model_proto
@@ -89,13 +94,25 @@ def _quantize(data: bytes, calibration: np.ndarray, workdir: Path) -> bytes:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
 
-    src, dst = workdir / "float.onnx", workdir / "int8.onnx"
-    src.write_bytes(data)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    raw, src, dst = workdir / "raw.onnx", workdir / "float.onnx", workdir / "int8.onnx"
+    raw.write_bytes(data)
+    quant_pre_process(str(raw), str(src))  # shape inference + graph clean-up, as onnxruntime recommends
     quantize_static(
         str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, per_channel=True,
     )  # fmt: skip
     return dst.read_bytes()
+
+
+def _folder_images(info: dict[str, Any] | None, prep: dict[str, Any]) -> np.ndarray | None:
+    if not info or not Path(info["folder"]).is_dir():
+        return None
+    try:
+        return read_labeled_folder(Path(info["folder"]), prep, "folder").images
+    except MetactlError:  # changed since adapt; the check falls back to other images
+        return None
 
 
 def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False) -> ExportResult:
@@ -121,14 +138,13 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "metactl_version": __version__,
     }
     data = _onnx_bytes(deployed, size, metadata)
-    # check the file against torch on the support images, as a client would send them (not inverted)
-    support = (
-        read_labeled_folder(Path(meta["support"]["folder"]), prep, "support folder") if Path(meta["support"]["folder"]).is_dir() else None
-    )
-    if support is not None:
-        images = support.images
-    else:  # the support folder moved: check on a fixed random batch instead
-        images = np.random.default_rng(0).integers(0, 256, (16, size, size)).astype(np.uint8)
+    # check the file against torch on the support (and query) images, as a client sends them: not inverted
+    support = _folder_images(meta.get("support"), prep)
+    query = _folder_images(meta.get("query"), prep)
+    checked_on = "support images" + (" and query images" if query is not None else "")
+    if support is None:  # the folders moved since adapt: check on a fixed random batch instead
+        support, checked_on = np.random.default_rng(0).integers(0, 256, (16, size, size)).astype(np.uint8), "random pixels"
+    images = support if query is None else np.concatenate([support, query])
     raw = (255 - images if invert else images).astype(np.float32)[:, None]
     with torch.no_grad():
         expected = deployed(torch.from_numpy(raw)).numpy()
@@ -139,9 +155,11 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     files = {ONNX: data}
     agreement = None
     if quantize == "int8":
+        calibration = raw[: len(support)]
         with tempfile.TemporaryDirectory() as tmp:
-            q = _quantize(data, raw, Path(tmp))
-        agreement = float((_run_onnx(q, raw).argmax(-1) == got.argmax(-1)).mean())
+            q = _quantize(data, calibration, Path(tmp))
+        held = slice(len(support), None) if query is not None else slice(None)  # queries: not calibrated on
+        agreement = float((_run_onnx(q, raw[held]).argmax(-1) == got[held].argmax(-1)).mean())
         files[ONNX_INT8] = q
     tensors = runs.load_tensors(source / MODEL)
     files[MODEL] = save(tensors, metadata={"format": "metactl-adapted", "metactl_version": __version__})
@@ -160,13 +178,18 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "opset": OPSET,
         "check": {
             "images": len(raw),
-            "on": "support images" if support is not None else "random pixels",
+            "on": checked_on,
             "max_abs_diff": diff,
             "tolerance": TOLERANCE,
         },
         "quantization": None
         if quantize is None
-        else {"kind": "int8 static (QDQ), calibrated on the support images", "file": ONNX_INT8, "argmax_agreement_with_float": agreement},
+        else {
+            "kind": "int8 static (QDQ), calibrated on the support images",
+            "file": ONNX_INT8,
+            "argmax_agreement_with_float": agreement,
+            "agreement_on": "query images" if query is not None else checked_on,
+        },
         "source_adapted": str(source.resolve()),
         "source_run": meta.get("source_run"),
     }

@@ -244,3 +244,19 @@ def test_bad_support_folders_are_one_line_errors(
     assert expected in r.output.replace("\n", ""), r.output
     assert "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_ink_polarity_is_read_off_the_support_folder(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """White-on-black copies of the same drawings adapt to the same model input as black-on-white."""
+    from metactl.data.images import default_preprocessing
+    from metactl.data.support import read_labeled_folder
+
+    inverted = tmp_path / "inverted"
+    for f in workspace["shots"].rglob("*.png"):
+        dst = inverted / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - np.asarray(Image.open(f).convert("L"))).save(dst)
+    prep = {**default_preprocessing(), "invert": None}
+    a, b = read_labeled_folder(workspace["shots"], prep), read_labeled_folder(inverted, prep)
+    assert a.preprocessing["invert"] is True and b.preprocessing["invert"] is False
+    np.testing.assert_array_equal(a.images, b.images)

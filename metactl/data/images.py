@@ -71,10 +71,6 @@ def preprocess(gray: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
     return arr
 
 
-def load_image(source: str | IO[bytes], name: str, prep: dict[str, Any]) -> np.ndarray:
-    return preprocess(decode_gray(source, name), prep)
-
-
 def decode_bytes(data: bytes, name: str) -> np.ndarray:
     if not data:
         raise MetactlError(f"{name}: image file is empty (0 bytes).", "Replace or remove the file.")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from metactl.data.images import is_image_name, load_image
+from metactl.data.images import decode_gray, is_image_name, preprocess
 from metactl.errors import MetactlError
 
 
@@ -26,13 +26,14 @@ class LabeledImages:
     labels: list[str]
     files: list[str]
     skipped: list[str] = field(default_factory=list)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {lab: int((self.targets == i).sum()) for i, lab in enumerate(self.labels)}
 
 
-def read_image_file(path: Path, prep: dict[str, Any]) -> np.ndarray:
-    """One file -> preprocessed (size, size) uint8; every failure is a MetactlError naming the file."""
+def read_gray_file(path: Path) -> np.ndarray:
+    """One file -> 2-D uint8 grayscale as stored (not resized, not inverted)."""
     from PIL import Image
 
     try:
@@ -44,7 +45,7 @@ def read_image_file(path: Path, prep: dict[str, Any]) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            return load_image(str(path), str(path), prep)
+            return decode_gray(str(path), str(path))
         except Image.DecompressionBombWarning:
             raise MetactlError(
                 f"{path}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder."
@@ -54,6 +55,8 @@ def read_image_file(path: Path, prep: dict[str, Any]) -> np.ndarray:
 
 
 def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support") -> LabeledImages:
+    """Read and preprocess a labeled folder. ``prep["invert"] = None`` detects the ink polarity
+    from the folder itself (dark ink on a light background is inverted so that ink = 255)."""
     if not root.exists():
         raise MetactlError(f"{what} {root}: no such folder.", "Pass a folder with one subfolder of images per label.")
     if not root.is_dir():
@@ -90,10 +93,14 @@ def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support
             f"{what} {root}: found 1 label ({classes[0][0]!r}); need at least 2.", "Add a subfolder of images for each further label."
         )
     labels = [name for name, _ in classes]
-    images, targets, paths = [], [], []
+    grays, targets, paths = [], [], []
     for i, (_, files) in enumerate(classes):
         for f in files:
-            images.append(read_image_file(f, prep))
+            grays.append(read_gray_file(f))
             targets.append(i)
             paths.append(str(f))
-    return LabeledImages(np.stack(images), np.array(targets, dtype=np.int64), labels, paths, skipped)
+    prep = dict(prep)
+    if prep.get("invert") is None:
+        prep["invert"] = bool(np.median([np.median(g) for g in grays]) > 127)
+    images = np.stack([preprocess(g, prep) for g in grays])
+    return LabeledImages(images, np.array(targets, dtype=np.int64), labels, paths, skipped, prep)
