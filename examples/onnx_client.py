@@ -21,9 +21,7 @@ def main(model_path: str, images: list[str]) -> None:
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     labels = json.loads(session.get_modelmeta().custom_metadata_map["labels"])
     size = session.get_inputs()[0].shape[-1]
-    batch = np.stack(
-        [np.asarray(Image.open(p).convert("L").resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) for p in images]
-    )[:, None]
+    batch = np.stack([np.asarray(Image.open(p).convert("L").resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) for p in images])[:, None]
     probabilities = session.run(["probabilities"], {"pixels": batch})[0]
     for path, p in zip(images, probabilities, strict=True):
         best = int(p.argmax())

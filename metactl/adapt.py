@@ -91,9 +91,7 @@ def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Mod
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise MetactlError(
-            f"The adapted weights do not match their model spec ({str(exc).splitlines()[0]}).", "Run `metactl adapt` again."
-        ) from None
+        raise MetactlError(f"The adapted weights do not match their model spec ({str(exc).splitlines()[0]}).", "Run `metactl adapt` again.") from None
     return model.eval()
 
 
@@ -217,8 +215,7 @@ def adapt(
 def load_adapted(path: Path) -> tuple[dict[str, Any], nn.Module]:
     meta = runs.read_meta(path)
     if meta.get("kind") != "adapted":
-        raise MetactlError(
-            f"{path}: not an adapted model ({runs.META} says kind={meta.get('kind')!r}).", "Pass the folder written by `metactl adapt`."
-        )
+        raise MetactlError(f"{path}: not an adapted model ({runs.META} says kind={meta.get('kind')!r}).", "Pass the folder written by `metactl adapt`.")
+    runs.require(meta, ("model", "labels", "preprocessing"), path)
     tensors = runs.load_tensors(path / MODEL)
     return meta, deployable(meta["model"], tensors)

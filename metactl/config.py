@@ -10,6 +10,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from metactl.errors import MetactlError
@@ -37,6 +38,7 @@ class TrainConfig:
     eval_every: int = 50  # validate every N steps; 0 disables validation during training
     eval_episodes: int = 100  # validation episodes per evaluation
     checkpoint_every: int = 25  # write a resumable checkpoint every N steps
+    max_bad_steps: int = 10  # stop after this many non-finite meta-steps in a row (each is skipped)
     rotations: bool = False  # add 90/180/270 degree rotations as new classes (image data)
     val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
     width: int = 64  # Conv-4 filters per layer / MLP hidden width
@@ -44,7 +46,7 @@ class TrainConfig:
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
     def __post_init__(self) -> None:
-        problems = validate(self)
+        problems = validate(dataclasses.asdict(self))
         if problems:
             raise MetactlError(
                 "Invalid configuration: " + "; ".join(problems) + ".",
@@ -55,42 +57,44 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def validate(cfg: TrainConfig) -> list[str]:
+def validate(values: dict[str, Any]) -> list[str]:
+    """Problems with the values (defaults filled in for missing keys); empty when all is well."""
+    cfg = SimpleNamespace(**{**_DEFAULTS, **values})
     p: list[str] = []
 
-    def positive(name: str, value: float) -> None:
+    def positive(name: str) -> None:
+        value = getattr(cfg, name)
         if value <= 0:
             p.append(f"{name.replace('_', '-')} must be > 0 (got {value})")
 
-    for name in ("shots", "query_shots", "meta_batch", "steps", "width", "eval_episodes"):
-        positive(name, getattr(cfg, name))
+    for name in ("shots", "query_shots", "meta_batch", "steps", "width", "eval_episodes", "meta_lr", "max_bad_steps"):
+        positive(name)
     if cfg.ways < 2:
         p.append(f"ways must be >= 2 (got {cfg.ways})")
-    if cfg.inner_steps < 0:
-        p.append(f"inner-steps must be >= 0 (got {cfg.inner_steps})")
-    if cfg.test_inner_steps < 0:
-        p.append(f"test-inner-steps must be >= 0 (got {cfg.test_inner_steps})")
-    positive("meta_lr", cfg.meta_lr)
+    for name in ("inner_steps", "test_inner_steps", "eval_every"):
+        if getattr(cfg, name) < 0:
+            p.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
     if cfg.inner_lr < 0:
         p.append(f"inner-lr must be >= 0 (got {cfg.inner_lr})")
-    if cfg.eval_every < 0:
-        p.append(f"eval-every must be >= 0 (got {cfg.eval_every})")
     if cfg.checkpoint_every < 1:
         p.append(f"checkpoint-every must be >= 1 (got {cfg.checkpoint_every})")
     if cfg.time_budget is not None and cfg.time_budget <= 0:
         p.append(f"time-budget must be > 0 minutes (got {cfg.time_budget})")
     if not 0 < cfg.val_classes < 1:
         p.append(f"val-classes must be a fraction in (0, 1) (got {cfg.val_classes})")
-    if cfg.device not in ("cpu", "cuda") and not cfg.device.startswith("cuda:"):
+    if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         p.append(f"device must be 'cpu' or 'cuda' (got {cfg.device!r})")
     if cfg.threads is not None and cfg.threads < 1:
         p.append(f"threads must be >= 1 (got {cfg.threads})")
     if not isinstance(cfg.algo_options, dict):
         p.append("algo-options must be a table")
+    if cfg.data == "sinusoid" and cfg.rotations:
+        p.append("rotations apply to image data, not to sinusoid")
     return p
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+_DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default) for f in fields(TrainConfig)}
 
 
 def _expected_type(name: str) -> tuple[type, ...]:
@@ -109,18 +113,22 @@ def _expected_type(name: str) -> tuple[type, ...]:
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    """Read a config file; keys may use dashes or underscores, as the flags do."""
+    """Read a config file; keys may use dashes or underscores, as the flags do.
+
+    Unknown keys, wrong types and invalid values are all reported in one error.
+    """
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MetactlError(f"Config file not found: {path}.", "Check the path given to --config.") from None
+    except IsADirectoryError:
+        raise MetactlError(f"--config {path} is a directory.", "Pass a .toml file.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise MetactlError(f"Config file {path} is not valid TOML: {exc}.", "Fix the syntax.") from None
     return check_keys(raw, str(path))
 
 
-def check_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """Normalise keys and check names and types; every problem reported at once."""
+def _check(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():
@@ -136,6 +144,12 @@ def check_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
             problems.append(f"{key} must be {types[0].__name__}, got {type(value).__name__} {value!r}")
             continue
         out[name] = float(value) if float in types and not isinstance(value, bool) else value
+    return out, problems + validate(out)
+
+
+def check_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Normalise keys and check names, types and values; every problem reported at once."""
+    out, problems = _check(raw)
     if problems:
         known = ", ".join(sorted(k.replace("_", "-") for k in _FIELDS))
         raise MetactlError(f"Config {source}: " + "; ".join(problems) + ".", f"Known keys: {known}.")

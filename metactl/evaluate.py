@@ -28,9 +28,7 @@ def to_batch(ep: EpisodeBatch, device: str | torch.device = "cpu") -> TaskBatch:
     )
 
 
-def adaptation_curve(
-    algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20
-) -> np.ndarray:
+def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20) -> np.ndarray:
     """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed)."""
     out = np.empty((episodes, steps + 1))
     done = 0
@@ -50,10 +48,7 @@ def adaptation_curve(
 def summarise(values: np.ndarray) -> list[dict[str, float]]:
     """Mean and 95 % confidence interval (1.96 std / sqrt(n)) per step."""
     n = values.shape[0]
-    return [
-        {"step": k, "mean": float(values[:, k].mean()), "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1)))}
-        for k in range(values.shape[1])
-    ]
+    return [{"step": k, "mean": float(values[:, k].mean()), "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1)))} for k in range(values.shape[1])]
 
 
 def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int) -> Any:

@@ -130,9 +130,7 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     deployed = Deployed(model, invert).eval()
     metadata = {
         "labels": json.dumps(meta["labels"], ensure_ascii=False),
-        "preprocessing": json.dumps(
-            {**prep, "input": "pixels: float32 raw values 0-255, NCHW (batch, 1, size, size); grayscale, resized, not inverted"}
-        ),
+        "preprocessing": json.dumps({**prep, "input": "pixels: float32 raw values 0-255, NCHW (batch, 1, size, size); grayscale, resized, not inverted"}),
         "source_run": meta.get("source_run", ""),
         "adapted_from": str(source.resolve()),
         "metactl_version": __version__,

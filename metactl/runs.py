@@ -31,6 +31,21 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename over ``path``.
+
+    On failure (disk full, permissions) the temp file is removed, the previous ``path`` is left
+    exactly as it was, and the error is a MetactlError saying so.
+    """
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        raise MetactlError(
+            f"Cannot write {path}: {exc.strerror or exc}.",
+            "Free disk space or fix the folder's permissions; the previous version of the file is unchanged.",
+        ) from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -57,7 +72,12 @@ def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] |
     atomic_write_bytes(path, save(data, metadata=metadata))
 
 
+PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zip container
+
+
 def load_tensors(path: Path) -> dict[str, Any]:
+    """Read a safetensors file. Pickles (and torch.save files) are refused by inspecting their first
+    bytes: nothing in metactl ever unpickles a file."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -65,12 +85,19 @@ def load_tensors(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise MetactlError(f"{path}: file not found.", "Point --from at a run directory written by metactl.") from None
+    except OSError as exc:
+        raise MetactlError(f"{path}: cannot read ({exc.strerror}).", "Check the file's permissions.") from None
+    if raw.startswith(PICKLE_MAGIC):
+        raise MetactlError(
+            f"{path}: is a pickle / torch.save file, not safetensors; metactl never loads pickles (they can run code).",
+            "Convert it to safetensors with a tool you trust, or use a run written by metactl.",
+        )
+    if len(raw) < 10 or raw[8:9] != b"{":  # safetensors: u64 header length, then a JSON header
+        raise MetactlError(f"{path}: not a safetensors file (damaged, truncated or another format).", "Use an intact run or checkpoint.")
     try:
         return load(raw)
     except (SafetensorError, ValueError, OSError) as exc:
-        raise MetactlError(
-            f"{path}: not a readable safetensors file ({exc}).", "The file is damaged; use another run or checkpoint."
-        ) from None
+        raise MetactlError(f"{path}: not a readable safetensors file ({exc}).", "The file is damaged; use another run or checkpoint.") from None
 
 
 def split_theta(tensors: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,13 +111,46 @@ def join_theta(theta: dict[str, Any], inner_lr: dict[str, Any]) -> dict[str, Any
 
 
 def read_meta(run: Path) -> dict[str, Any]:
+    """Read and sanity-check a folder's ``metactl.json`` (run, adapted or export)."""
+    if not run.exists():
+        raise MetactlError(f"{run}: no such folder.", "Check the path given to --from.")
+    if not run.is_dir():
+        raise MetactlError(f"{run}: not a folder.", "Pass a folder written by metactl (e.g. runs/NAME or adapted/).")
     path = run / META
     if not path.is_file():
-        raise MetactlError(f"{run}: not a metactl run ({META} missing).", "Pass a directory written by metactl meta-train.")
+        raise MetactlError(f"{run}: not written by metactl ({META} missing).", "Pass a folder written by metactl (e.g. runs/NAME or adapted/).")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MetactlError(f"{path}: not valid JSON ({exc}).", "The run is damaged; use another run.") from None
+        raise MetactlError(f"{path}: not valid JSON ({exc}).", "The folder is damaged; use another one.") from None
+    if not isinstance(meta, dict):
+        raise MetactlError(f"{path}: not a metactl metadata file.", "The folder is damaged; use another one.")
+    check_version(meta.get("metactl_version"), path)
+    return meta
+
+
+def require(meta: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise MetactlError(f"{path / META}: missing {', '.join(missing)}.", "The folder is damaged or not from metactl; use another one.")
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def check_version(version: Any, path: Path) -> None:
+    """Files from another major version, or from a newer minor version than this one, are refused."""
+    from metactl import __version__
+
+    if not isinstance(version, str) or not _version_tuple(version):
+        raise MetactlError(f"{path}: no metactl version recorded.", "Use a folder written by metactl.")
+    ours, theirs = _version_tuple(__version__), _version_tuple(version)
+    if theirs[:1] != ours[:1] or theirs[:2] > ours[:2]:
+        raise MetactlError(
+            f"{path}: written by metactl {version}, which this metactl {__version__} cannot read.",
+            f"Install metactl {'.'.join(map(str, theirs[:2]))}.x, or redo the step with this version.",
+        )
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -36,9 +36,7 @@ def load_model(path: Path) -> ServedModel:
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-        raise MetactlError(
-            f"{path}: not a loadable ONNX model ({type(exc).__name__}).", "Export it again with `metactl export --onnx`."
-        ) from None
+        raise MetactlError(f"{path}: not a loadable ONNX model ({type(exc).__name__}).", "Export it again with `metactl export --onnx`.") from None
     meta = sess.get_modelmeta().custom_metadata_map
     if "labels" not in meta:
         raise MetactlError(f"{path}: the model has no 'labels' metadata.", "Use a model exported by metactl.")
@@ -62,9 +60,7 @@ def collect_images(paths: list[Path]) -> list[Path]:
     for p in paths:
         if p.is_dir():
             files += sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and is_image_name(f.name) and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                f for f in p.rglob("*") if f.is_file() and is_image_name(f.name) and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         elif p.is_file():
             files.append(p)

@@ -32,7 +32,6 @@ from metactl.perf import tune_malloc
 from metactl.registry import load_algorithm, make_config
 
 TRAIN_STREAM = 0
-MAX_BAD_STEPS = 10  # consecutive non-finite steps before training stops
 
 
 @dataclass
@@ -63,23 +62,42 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.algo}-{data}-{cfg.ways}w{cfg.shots}s-{stamp}"
 
 
-def _prepare_out(out: Path, force: bool, resume: bool) -> None:
+def _prepare_out(out: Path, force: bool, resume: bool) -> Path:
+    """Check ``--out`` and return the folder to write into.
+
+    With ``--force`` over an existing run, training writes into a hidden ``.NAME.partial`` folder
+    beside it, and the old run is replaced only when the new one is complete (see ``_finish_replace``).
+    """
     if out.exists() and not out.is_dir():
         raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
     existing = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / runs.CHECKPOINT).is_file():
             raise MetactlError(f"--resume: no checkpoint in {out}.", "Pass --out of an interrupted run, or drop --resume.")
-        return
+        return out
     if existing and not force:
-        raise MetactlError(
-            f"--out {out} already holds files.", "Pass --force to replace it, --resume to continue it, or choose another --out."
-        )
-    if existing and force:
+        raise MetactlError(f"--out {out} already holds files.", "Pass --force to replace it, --resume to continue it, or choose another --out.")
+    if existing:
         if not (out / runs.META).is_file():
-            raise MetactlError(f"--out {out} is not a metactl run; refusing to delete it even with --force.", "Choose another --out.")
-        shutil.rmtree(out)
+            raise MetactlError(f"--out {out} is not a metactl run; refusing to replace it even with --force.", "Choose another --out.")
+        work = out.parent / f".{out.name}.partial"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        return work
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finish_replace(work: Path, target: Path) -> None:
+    """Swap a completed ``.partial`` run into place of the run it replaces."""
+    old = target.parent / f".{target.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    work.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str) -> Learner:
@@ -112,12 +130,15 @@ def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, st
 
 def _load_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer) -> tuple[int, float, int]:
     tensors = runs.load_tensors(out / runs.CHECKPOINT)
-    meta = json.loads((out / runs.CHECKPOINT_META).read_text(encoding="utf-8"))
+    try:
+        meta = json.loads((out / runs.CHECKPOINT_META).read_text(encoding="utf-8"))
+        runs.check_version(meta.get("metactl_version"), out / runs.CHECKPOINT_META)
+        int(meta["step"]), meta["param_groups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MetactlError(f"{out / runs.CHECKPOINT_META}: missing or damaged.", "The checkpoint cannot be resumed; start a new run.") from None
     theta, lr = runs.split_theta({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
     if set(theta) != set(learner.params) or any(theta[k].shape != learner.params[k].shape for k in theta):
-        raise MetactlError(
-            f"{out / runs.CHECKPOINT}: weights do not match this model.", "Resume with the same model settings the run was started with."
-        )
+        raise MetactlError(f"{out / runs.CHECKPOINT}: weights do not match this model.", "Resume with the same model settings the run was started with.")
     with torch.no_grad():
         for k, v in theta.items():
             learner.params[k].copy_(v)
@@ -137,14 +158,10 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
     keys = ("algo", "data", "ways", "shots", "query_shots", "inner_steps", "meta_batch", "seed", "width", "rotations")
     diff = [f"{k} ({old.get(k)!r} -> {getattr(cfg, k)!r})" for k in keys if k in old and old[k] != getattr(cfg, k)]
     if diff:
-        raise MetactlError(
-            f"--resume with settings that differ from the run in {out}: " + ", ".join(diff) + ".", "Resume with the run's own settings."
-        )
+        raise MetactlError(f"--resume with settings that differ from the run in {out}: " + ", ".join(diff) + ".", "Resume with the run's own settings.")
 
 
-def meta_train(
-    cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None
-) -> TrainResult:
+def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None) -> TrainResult:
     report = report or Reporter()
     tune_malloc()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -156,11 +173,14 @@ def meta_train(
     if resume:
         _prepare_out(out, force, resume)
         _check_resume_config(out, cfg)
+        replaces = runs.read_meta(out).get("replaces")
     data: TaskData = open_data(cfg, report.load)
     if data.kind == "regression" and cfg.data != "sinusoid":  # pragma: no cover - future sources
         raise MetactlError("unsupported regression source")
     if not resume:
-        _prepare_out(out, force, resume)
+        work = _prepare_out(out, force, resume)
+        replaces = str(out) if work != out else None
+        out = work
     learner = init_learner(data.model_spec, cfg, data.kind, cfg.device)
     opt = torch.optim.Adam(
         [{"params": list(learner.params.values()), "name": "theta"}]
@@ -188,6 +208,8 @@ def meta_train(
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if replaces:
+        meta["replaces"] = replaces
     runs.atomic_write_json(out / runs.META, meta)
 
     val_start: list[dict[str, float]] = []
@@ -209,9 +231,7 @@ def meta_train(
             ts = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             metrics = algo.meta_gradient(learner, to_batch(ep, cfg.device))
-            finite = math.isfinite(metrics["loss"]) and all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters()
-            )
+            finite = math.isfinite(metrics["loss"]) and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters())
             if finite:
                 opt.step()
                 bad = 0
@@ -233,7 +253,7 @@ def meta_train(
                 record["val"] = [c["mean"] for c in curve]
             runs.append_jsonl(out / runs.METRICS, record)
             report.step(step, record)
-            if bad >= MAX_BAD_STEPS:
+            if bad >= cfg.max_bad_steps:
                 stopped_by = "non-finite"
                 break
             if step % cfg.checkpoint_every == 0:
@@ -247,9 +267,7 @@ def meta_train(
         batches.close()
     seconds = time.perf_counter() - t0
     _save_checkpoint(out, learner, opt, step, seconds, bad)
-    runs.save_tensors(
-        out / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__}
-    )
+    runs.save_tensors(out / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
     val_curve: list[dict[str, float]] = []
     if data.val is not None:
         val_curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
@@ -266,12 +284,15 @@ def meta_train(
         skipped_steps=skipped,
         validation={"episodes": cfg.eval_episodes, "inner_steps": cfg.test_inner_steps, "curve": val_curve},
     )
-    runs.atomic_write_json(out / runs.META, meta)
+    if replaces:
+        meta.pop("replaces")
+        runs.atomic_write_json(out / runs.META, meta)
+        _finish_replace(out, Path(replaces))
+        out = Path(replaces)
+    else:
+        runs.atomic_write_json(out / runs.META, meta)
     if stopped_by == "non-finite":
-        report.message(
-            f"Stopped after {MAX_BAD_STEPS} non-finite steps in a row; the last good θ is saved in {out}. "
-            "Try a lower --meta-lr or --inner-lr."
-        )
+        report.message(f"Stopped after {cfg.max_bad_steps} non-finite steps in a row; the last good θ is saved in {out}. Try a lower --meta-lr or --inner-lr.")
     return TrainResult(
         run_dir=out,
         steps_done=step,
@@ -301,15 +322,22 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
     """Read a run dir back into (metadata, learner with θ and α)."""
     meta = runs.read_meta(run)
     if meta.get("kind") != "run":
-        raise MetactlError(f"{run}: not a meta-training run.", "Pass a directory written by metactl meta-train.")
+        raise MetactlError(
+            f"{run}: not a meta-training run ({runs.META} says kind={meta.get('kind')!r}).",
+            "Pass a directory written by metactl meta-train.",
+        )
+    runs.require(meta, ("model", "config", "algorithm"), run)
+    if not (run / runs.THETA).is_file():
+        raise MetactlError(
+            f"{run}: the run has no {runs.THETA} yet (status {meta.get('status')!r}).",
+            f"Finish it: metactl meta-train --out {run} --resume",
+        )
     tensors = runs.load_tensors(run / runs.THETA)
     theta, lr = runs.split_theta(tensors)
     model = build_model(meta["model"]).to(device)
     expected = dict(model.named_parameters())
     if set(theta) != set(expected) or any(theta[k].shape != expected[k].shape for k in theta):
-        raise MetactlError(
-            f"{run / runs.THETA}: weights do not match the model in {runs.META}.", "The run is damaged or from another version."
-        )
+        raise MetactlError(f"{run / runs.THETA}: weights do not match the model in {runs.META}.", "The run is damaged or from another version.")
     params = {k: v.to(device).requires_grad_(True) for k, v in theta.items()}
     inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
     return meta, Learner(model, params, inner, meta.get("task", "classification"))

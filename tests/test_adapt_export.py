@@ -42,9 +42,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (shots / ".DS_Store").write_bytes(b"junk")
     (shots / "beta" / "notes.txt").write_text("not an image")
     adapted = root / "adapted"
-    r = runner.invoke(
-        app, ["adapt", "--support", str(shots), "--from", str(run), "--steps", "2", "--query", str(shots), "--out", str(adapted)]
-    )
+    r = runner.invoke(app, ["adapt", "--support", str(shots), "--from", str(run), "--steps", "2", "--query", str(shots), "--out", str(adapted)])
     assert r.exit_code == 0, r.output
     export = root / "export"
     r = runner.invoke(app, ["export", "--from", str(adapted), "--onnx", "--quantize", "int8", "--out", str(export)])
@@ -146,9 +144,7 @@ def test_predict_table(workspace: dict[str, Path]) -> None:
 
 
 def test_existing_out_needs_force(workspace: dict[str, Path]) -> None:
-    r = runner.invoke(
-        app, ["adapt", "--support", str(workspace["shots"]), "--from", str(workspace["run"]), "--out", str(workspace["adapted"])]
-    )
+    r = runner.invoke(app, ["adapt", "--support", str(workspace["shots"]), "--from", str(workspace["run"]), "--out", str(workspace["adapted"])])
     assert r.exit_code == 1 and "--force" in r.output
     r = runner.invoke(app, ["export", "--from", str(workspace["adapted"]), "--out", str(workspace["export"])])
     assert r.exit_code == 1 and "--force" in r.output
@@ -232,9 +228,7 @@ def _bad(tmp_path: Path, kind: str) -> Path:
         ("bomb", "huge.png: image is larger than the decompression-bomb limit"),
     ],
 )
-def test_bad_support_folders_are_one_line_errors(
-    workspace: dict[str, Path], tmp_path: Path, kind: str, expected: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bad_support_folders_are_one_line_errors(workspace: dict[str, Path], tmp_path: Path, kind: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if kind == "bomb":
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
     support = _bad(tmp_path, kind)

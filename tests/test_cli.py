@@ -22,8 +22,7 @@ def _no_torch(code: str) -> subprocess.CompletedProcess[str]:
 
 
 INVOKE = (
-    "import sys\nfrom typer.testing import CliRunner\nfrom metactl.cli import app\n"
-    "r = CliRunner().invoke(app, {args!r})\nassert r.exit_code == 0, r.output\n"
+    "import sys\nfrom typer.testing import CliRunner\nfrom metactl.cli import app\nr = CliRunner().invoke(app, {args!r})\nassert r.exit_code == 0, r.output\n"
 )
 
 
@@ -35,9 +34,7 @@ def test_help_does_not_import_torch() -> None:
 
 
 def test_algorithms_lists_builtins_without_importing_torch() -> None:
-    code = (
-        INVOKE.format(args=["algorithms"]) + "assert 'maml' in r.output and 'fomaml' in r.output, r.output\nprint('torch' in sys.modules)"
-    )
+    code = INVOKE.format(args=["algorithms"]) + "assert 'maml' in r.output and 'fomaml' in r.output, r.output\nprint('torch' in sys.modules)"
     out = _no_torch(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

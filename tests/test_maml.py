@@ -50,9 +50,7 @@ def objective(learner: Learner, batch: TaskBatch, steps: int) -> float:
     return total / len(batch)
 
 
-def finite_difference(
-    learner: Learner, batch: TaskBatch, steps: int, tensors: dict[str, torch.Tensor], eps: float = 1e-6
-) -> dict[str, torch.Tensor]:
+def finite_difference(learner: Learner, batch: TaskBatch, steps: int, tensors: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
     grads = {}
     for name, t in tensors.items():
         g = torch.zeros_like(t)
@@ -95,9 +93,7 @@ def test_first_order_gradient_is_query_gradient_at_phi(kind: str) -> None:
         for _ in range(2):  # explicit first-order inner loop
             g = torch.autograd.grad(learner.loss(learner.forward(phi, sx), sy), list(phi.values()))
             support_grads.append(dict(zip(phi, g, strict=True)))
-            phi = {
-                k: (v - learner.inner_lr[k].detach() * gk).detach().requires_grad_(True) for (k, v), gk in zip(phi.items(), g, strict=True)
-            }
+            phi = {k: (v - learner.inner_lr[k].detach() * gk).detach().requires_grad_(True) for (k, v), gk in zip(phi.items(), g, strict=True)}
         q = learner.loss(learner.predict_query(phi, sx, batch.query_x[i]), batch.query_y[i])
         gq = dict(zip(phi, torch.autograd.grad(q, list(phi.values())), strict=True))
         for k in expected:

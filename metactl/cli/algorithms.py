@@ -17,9 +17,7 @@ def algorithms() -> None:
         table.add_column(col)
     for info in list_algorithms():
         if info.problem:
-            err_console.print(
-                f"[yellow]Warning:[/] plugin {info.name!r} ({info.distribution}) cannot be loaded: {info.problem}", highlight=False
-            )
+            err_console.print(f"[yellow]Warning:[/] plugin {info.name!r} ({info.distribution}) cannot be loaded: {info.problem}", highlight=False)
             continue
         table.add_row(info.name, info.distribution, info.version, info.description)
     console.print(table)

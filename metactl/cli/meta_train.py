@@ -32,6 +32,7 @@ def meta_train(
     eval_every: int = typer.Option(None, help="Validate every N steps (0 disables). [default: 50]"),
     eval_episodes: int = typer.Option(None, help="Validation episodes. [default: 100]"),
     checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps. [default: 25]"),
+    max_bad_steps: int = typer.Option(None, help="Stop after N non-finite steps in a row (each is skipped). [default: 10]"),
     rotations: bool = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270° rotations as new classes. [default: off]"),
     width: int = typer.Option(None, help="Conv-4 filters / MLP hidden width. [default: 64]"),
     threads: int = typer.Option(None, help="torch threads. [default: all cores]"),
@@ -42,20 +43,27 @@ def meta_train(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Meta-train an initialization θ and per-layer inner learning rates α."""
-    from metactl.config import check_keys, load_toml, resolve
+    from metactl.config import load_toml, resolve
+    from metactl.errors import MetactlError
+
+    if resume and force:
+        raise MetactlError("--resume and --force contradict each other (continue the run, or replace it?).", "Pass only one of them.")
 
     flags = dict(
         algo=algo, data=data, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
         test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
         meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
-        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, rotations=rotations, width=width, threads=threads,
+        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, max_bad_steps=max_bad_steps, rotations=rotations, width=width, threads=threads,
     )  # fmt: skip
     file_values = load_toml(config) if config else {}
-    check_keys({k: v for k, v in flags.items() if v is not None}, "flags")
+    if resume and out is not None and (out / "metactl.json").is_file():
+        from metactl.runs import read_meta
+
+        # a resumed run keeps its own recorded settings unless a flag or --config says otherwise
+        recorded = {k: v for k, v in read_meta(out).get("config", {}).items() if k != "device"}
+        file_values = {**recorded, **file_values}
     cfg = resolve(file_values, flags)
     if resume and out is None:
-        from metactl.errors import MetactlError
-
         raise MetactlError("--resume needs --out RUN_DIR (the run to continue).", "Pass --out runs/NAME.")
 
     from metactl.train import Reporter
@@ -82,9 +90,7 @@ def meta_train(
         progress.update(state["task"], completed=step, info=f"loss {rec['loss']:.3f}{state['val']}")
 
     with progress:
-        result = run_meta_train(
-            cfg, out=out, force=force, resume=resume, report=Reporter(message=console.print, start=on_start, step=on_step, load=on_load)
-        )
+        result = run_meta_train(cfg, out=out, force=force, resume=resume, report=Reporter(message=console.print, start=on_start, step=on_step, load=on_load))
 
     summary = {
         "run_dir": str(result.run_dir), "steps": result.steps_done, "seconds": round(result.seconds, 1),

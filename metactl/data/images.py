@@ -53,9 +53,7 @@ def decode_gray(source: str | IO[bytes], name: str) -> np.ndarray:
             img.load()
             return np.asarray(_to_gray(img), dtype=np.uint8)
     except Image.DecompressionBombError:
-        raise MetactlError(
-            f"{name}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder."
-        ) from None
+        raise MetactlError(f"{name}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise MetactlError(f"{name}: cannot read image ({exc}).", "Replace or remove the file.") from None
 

@@ -47,9 +47,7 @@ def read_gray_file(path: Path) -> np.ndarray:
         try:
             return decode_gray(str(path), str(path))
         except Image.DecompressionBombWarning:
-            raise MetactlError(
-                f"{path}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder."
-            ) from None
+            raise MetactlError(f"{path}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder.") from None
         except PermissionError:
             raise MetactlError(f"{path}: permission denied.", "Check the file's permissions.") from None
 
@@ -85,13 +83,9 @@ def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support
         raise MetactlError(f"{what} {root}: no label subfolders found.", "Put each label's images in a subfolder named after the label.")
     for name, files in classes:
         if not files:
-            raise MetactlError(
-                f"{what} {root / name}: label folder holds no images.", "Add images (png, jpg, bmp, gif, webp, tiff) or remove the folder."
-            )
+            raise MetactlError(f"{what} {root / name}: label folder holds no images.", "Add images (png, jpg, bmp, gif, webp, tiff) or remove the folder.")
     if len(classes) < 2:
-        raise MetactlError(
-            f"{what} {root}: found 1 label ({classes[0][0]!r}); need at least 2.", "Add a subfolder of images for each further label."
-        )
+        raise MetactlError(f"{what} {root}: found 1 label ({classes[0][0]!r}); need at least 2.", "Add a subfolder of images for each further label.")
     labels = [name for name, _ in classes]
     grays, targets, paths = [], [], []
     for i, (_, files) in enumerate(classes):
