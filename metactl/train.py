@@ -292,7 +292,11 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
     else:
         runs.atomic_write_json(out / runs.META, meta)
     if stopped_by == "non-finite":
-        report.message(f"Stopped after {cfg.max_bad_steps} non-finite steps in a row; the last good θ is saved in {out}. Try a lower --meta-lr or --inner-lr.")
+        raise MetactlError(
+            f"Training stopped: {cfg.max_bad_steps} meta-steps in a row had a non-finite loss or gradient (each was skipped). "
+            f"The last good θ is saved in {out}.",
+            f"Try a lower --meta-lr (now {cfg.meta_lr:g}) or --inner-lr (now {cfg.inner_lr:g}).",
+        )
     return TrainResult(
         run_dir=out,
         steps_done=step,

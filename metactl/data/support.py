@@ -8,6 +8,8 @@ reported once. Anything that makes the folder unusable is a :class:`MetactlError
 
 from __future__ import annotations
 
+import errno
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,28 @@ def read_gray_file(path: Path) -> np.ndarray:
             raise MetactlError(f"{path}: permission denied.", "Check the file's permissions.") from None
 
 
+def _list(folder: Path, what: str) -> list[Path]:
+    try:
+        return sorted(folder.iterdir(), key=lambda p: p.name)
+    except PermissionError:
+        raise MetactlError(f"{what} {folder}: permission denied.", "Check the folder's permissions.") from None
+    except OSError as exc:
+        raise MetactlError(f"{what} {folder}: cannot list the folder ({exc.strerror}).", "Check the folder.") from None
+
+
+def _check_link(path: Path, what: str) -> None:
+    """Symlinks are followed, but a loop or a dangling link is an error, not a silent skip."""
+    if not path.is_symlink():
+        return
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        raise MetactlError(f"{what} {path}: symbolic link loop.", "Remove or fix the link.") from None
+    except OSError as exc:
+        kind = "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+        raise MetactlError(f"{what} {path}: {kind}.", "Remove or fix the link.") from None
+
+
 def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support") -> LabeledImages:
     """Read and preprocess a labeled folder. ``prep["invert"] = None`` detects the ink polarity
     from the folder itself (dark ink on a light background is inverted so that ink = 255)."""
@@ -61,24 +85,32 @@ def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support
         raise MetactlError(f"{what} {root}: not a folder.", "Pass a folder with one subfolder of images per label.")
     skipped: list[str] = []
     classes: list[tuple[str, list[Path]]] = []
-    try:
-        entries = sorted(root.iterdir(), key=lambda p: p.name)
-    except PermissionError:
-        raise MetactlError(f"{what} {root}: permission denied.", "Check the folder's permissions.") from None
-    for entry in entries:
+    for entry in _list(root, what):
         if entry.name.startswith("."):
             skipped.append(str(entry))
             continue
+        _check_link(entry, what)
         if not entry.is_dir():
             skipped.append(str(entry))
             continue
         files = []
-        for f in sorted(entry.iterdir(), key=lambda p: p.name):
-            if f.is_file() and is_image_name(f.name):
-                files.append(f)
-            else:
+        for f in _list(entry, what):
+            if f.name.startswith(".") or not is_image_name(f.name):
                 skipped.append(str(f))
-        classes.append((entry.name, files))
+                continue
+            _check_link(f, what)
+            if not f.is_file():
+                raise MetactlError(f"{what} {f}: not a readable file.", "Replace it with an image file or remove it.")
+            files.append(f)
+        classes.append((unicodedata.normalize("NFC", entry.name), files))
+    seen: dict[str, str] = {}
+    for name, _ in classes:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise MetactlError(
+                f"{what} {root}: labels {other!r} and {name!r} differ only in case.",
+                "Merge or rename one of them (on many file systems they are the same folder).",
+            )
     if not classes:
         raise MetactlError(f"{what} {root}: no label subfolders found.", "Put each label's images in a subfolder named after the label.")
     for name, files in classes:
