@@ -59,6 +59,10 @@ def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
 
     import onnx
 
+    import logging
+
+    # the exporter logs one warning per optional torchvision op it cannot register: noise for us
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.zeros(2, 1, size, size)
     batch = torch.export.Dim("batch", min=1)
     try:
