@@ -55,11 +55,10 @@ class ExportResult:
 
 
 def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
+    import logging
     import warnings
 
     import onnx
-
-    import logging
 
     # the exporter logs one warning per optional torchvision op it cannot register: noise for us
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
