@@ -24,7 +24,8 @@ from metactl import __version__, runs
 from metactl.api import Learner
 from metactl.config import TrainConfig
 from metactl.data import TaskData, open_data
-from metactl.data.episodes import episode_rng, prefetch
+from metactl.data.episodes import prefetch, training_tasks
+from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
 from metactl.evaluate import adaptation_curve, summarise, to_batch
 from metactl.models import build_model
@@ -169,7 +170,23 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
         raise MetactlError("--device cuda: no CUDA device is available to torch here.", "Use --device cpu.")
     algo_cls = load_algorithm(cfg.algo)
     algo = algo_cls(make_config(algo_cls, cfg.algo_options), cfg)
+    world = init_from_env(cfg.device)
+    try:
+        return _meta_train(cfg, algo, world, out, force, resume, report)
+    finally:
+        shutdown(world)
+
+
+def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bool, resume: bool, report: Reporter) -> TrainResult:
+    device = cfg.device
+    if world.size > 1:
+        if cfg.meta_batch % world.size:
+            raise MetactlError(f"--meta-batch {cfg.meta_batch} does not split evenly over {world.size} workers.", "Use a meta-batch divisible by --nproc.")
+        if device == "cuda":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    main = world.main
     out = out or default_run_dir(cfg)
+    replaces: str | None = None
     if resume:
         _prepare_out(out, force, resume)
         _check_resume_config(out, cfg)
@@ -177,11 +194,11 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
     data: TaskData = open_data(cfg, report.load)
     if data.kind == "regression" and cfg.data != "sinusoid":  # pragma: no cover - future sources
         raise MetactlError("unsupported regression source")
-    if not resume:
+    if not resume and main:
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
         out = work
-    learner = init_learner(data.model_spec, cfg, data.kind, cfg.device)
+    learner = init_learner(data.model_spec, cfg, data.kind, device)
     opt = torch.optim.Adam(
         [{"params": list(learner.params.values()), "name": "theta"}]
         + ([{"params": list(learner.inner_lr.values()), "name": "inner_lr"}] if cfg.learn_inner_lr else []),
@@ -190,8 +207,10 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
     start_step, elapsed_before, bad = (0, 0.0, 0)
     if resume:
         start_step, elapsed_before, bad = _load_checkpoint(out, learner, opt)
-        _truncate_metrics(out / runs.METRICS, start_step)
-        report.message(f"Resuming {out} from step {start_step}.")
+        if main:
+            _truncate_metrics(out / runs.METRICS, start_step)
+            report.message(f"Resuming {out} from step {start_step}.")
+    world.broadcast_([t.data for t in learner.params.values()] + [t.data for t in learner.inner_lr.values()])
 
     meta = {
         "metactl_version": __version__,
@@ -205,16 +224,22 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
         "split": data.split,
         "seed": cfg.seed,
         "budget": {"steps": cfg.steps, "time_budget_minutes": cfg.time_budget},
+        "workers": world.size,
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     if replaces:
         meta["replaces"] = replaces
-    runs.atomic_write_json(out / runs.META, meta)
+    validate = data.val is not None and main
+
+    def val_curve_now() -> list[dict[str, float]]:
+        return summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, device))
 
     val_start: list[dict[str, float]] = []
-    if data.val is not None and cfg.eval_every > 0 and start_step == 0:
-        val_start = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+    if main:
+        runs.atomic_write_json(out / runs.META, meta)
+        if validate and cfg.eval_every > 0 and start_step == 0:
+            val_start = val_curve_now()
 
     budget = cfg.time_budget * 60 if cfg.time_budget else math.inf
     t0 = time.perf_counter() - elapsed_before
@@ -222,15 +247,23 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
     skipped = 0
     step = start_step
     report.start(start_step, cfg.steps)
-    batches = prefetch(lambda s: data.train.sample(episode_rng(cfg.seed, s, TRAIN_STREAM), cfg.meta_batch), range(start_step, cfg.steps))
+    mine = world.slice(cfg.meta_batch)
+    batches = prefetch(lambda s: training_tasks(data.train, cfg.seed, s, mine, TRAIN_STREAM), range(start_step, cfg.steps))
     try:
         for ep in batches:
-            if time.perf_counter() - t0 >= budget:
+            if world.any(time.perf_counter() - t0 >= budget):  # every rank stops at the same step
                 stopped_by = "time-budget"
                 break
             ts = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            metrics = algo.meta_gradient(learner, to_batch(ep, cfg.device))
+            opt.zero_grad(set_to_none=False)
+            metrics = algo.meta_gradient(learner, to_batch(ep, device))
+            if world.size > 1:  # identical mean meta-gradient (and logged metrics) on every rank
+                for p in learner.parameters():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                stats = torch.tensor([metrics["loss"], metrics["metric"]], dtype=torch.float64, device=device)
+                world.average_([p.grad for p in learner.parameters()] + [stats])
+                metrics = {"loss": float(stats[0]), "metric": float(stats[1])}
             finite = math.isfinite(metrics["loss"]) and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters())
             if finite:
                 opt.step()
@@ -248,29 +281,33 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
             }
             if not finite:
                 record["skipped"] = True
-            if data.val is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0):
-                curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
-                record["val"] = [c["mean"] for c in curve]
-            runs.append_jsonl(out / runs.METRICS, record)
-            report.step(step, record)
+            if validate and cfg.eval_every > 0 and (step % cfg.eval_every == 0):
+                record["val"] = [c["mean"] for c in val_curve_now()]
+            if main:
+                runs.append_jsonl(out / runs.METRICS, record)
+                report.step(step, record)
             if bad >= cfg.max_bad_steps:
                 stopped_by = "non-finite"
                 break
-            if step % cfg.checkpoint_every == 0:
+            if main and step % cfg.checkpoint_every == 0:
                 _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
     except KeyboardInterrupt:
         # Ctrl-C: keep what was learned, resumable with --resume, then exit 130 (the CLI does).
-        _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
-        report.message(f"Interrupted at step {step}; checkpoint saved. Continue with: metactl meta-train --out {out} --resume")
+        if main:
+            _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
+            report.message(f"Interrupted at step {step}; checkpoint saved. Continue with: metactl meta-train --out {out} --resume")
         raise
     finally:
         batches.close()
     seconds = time.perf_counter() - t0
+    if not main:
+        world.barrier()  # wait for rank 0 to finish writing, then leave together
+        return TrainResult(run_dir=Path(replaces or out), steps_done=step, seconds=seconds, stopped_by=stopped_by, skipped_steps=skipped)
     _save_checkpoint(out, learner, opt, step, seconds, bad)
     runs.save_tensors(out / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
     val_curve: list[dict[str, float]] = []
     if data.val is not None:
-        val_curve = summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, cfg.device))
+        val_curve = val_curve_now()
     if val_curve:  # the step count that adapted best on validation classes: adapt's default
         after = [c["mean"] for c in val_curve[1:]]  # after 1..K steps
         best = max(after) if data.kind == "classification" else min(after)
@@ -291,6 +328,7 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
         out = Path(replaces)
     else:
         runs.atomic_write_json(out / runs.META, meta)
+    world.barrier()
     if stopped_by == "non-finite":
         raise MetactlError(
             f"Training stopped: {cfg.max_bad_steps} meta-steps in a row had a non-finite loss or gradient (each was skipped). "

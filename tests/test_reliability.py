@@ -348,3 +348,16 @@ def test_labels_never_become_paths(ws: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["metactl.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "shots"]
+
+
+def test_rich_markup_in_labels_and_paths_is_printed_literally(ws: dict[str, Path], tmp_path: Path) -> None:
+    shots = tmp_path / "[bold]shots[/]"
+    for label in ("[red]a", "[/i]b"[2:] + "[i]"):
+        (shots / label).mkdir(parents=True)
+        Image.new("L", (16, 16), 100 if label.startswith("[") else 200).save(shots / label / "0.png")
+    out = tmp_path / "out[/x]"
+    result = runner.invoke(app, ["adapt", "--support", str(shots), "--query", str(shots), "--from", str(ws["run"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "[red]a" in result.output and "]b[i]" in result.output and "out[/x]" in result.output.replace("\n", "")
+    bad = runner.invoke(app, ["adapt", "--support", str(tmp_path / "[/nope]"), "--from", str(ws["run"])])
+    assert bad.exit_code == 1 and "[/nope]" in bad.output and "Traceback" not in bad.output

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import console, err_console, handle_errors
@@ -34,7 +35,7 @@ def adapt(
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     if result.skipped:
-        err_console.print(f"[yellow]Skipped {len(result.skipped)} hidden or non-image entries[/] (e.g. {result.skipped[0]}).", highlight=False)
+        err_console.print(f"[yellow]Skipped {len(result.skipped)} hidden or non-image entries[/] (e.g. {escape(result.skipped[0])}).", highlight=False)
     table = Table(title="Support loss per inner step")
     table.add_column("step", justify="right")
     table.add_column("support loss", justify="right")
@@ -47,6 +48,6 @@ def adapt(
         per.add_column("images", justify="right")
         per.add_column("accuracy", justify="right")
         for row in result.per_class:
-            per.add_row(row["label"], str(row["images"]), f"{row['accuracy']:.4f}")
+            per.add_row(escape(row["label"]), str(row["images"]), f"{row['accuracy']:.4f}")
         console.print(per)
-    console.print(f"{len(result.labels)} labels, support accuracy {result.support_accuracy:.4f}. Adapted model written to [bold]{result.out}[/]")
+    console.print(f"{len(result.labels)} labels, support accuracy {result.support_accuracy:.4f}. Adapted model written to [bold]{escape(str(result.out))}[/]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import console, err_console, handle_errors
@@ -17,7 +18,8 @@ def algorithms() -> None:
         table.add_column(col)
     for info in list_algorithms():
         if info.problem:
-            err_console.print(f"[yellow]Warning:[/] plugin {info.name!r} ({info.distribution}) cannot be loaded: {info.problem}", highlight=False)
+            problem = f"plugin {info.name!r} ({info.distribution}) cannot be loaded: {info.problem}"
+            err_console.print(f"[yellow]Warning:[/] {escape(problem)}", highlight=False)
             continue
-        table.add_row(info.name, info.distribution, info.version, info.description)
+        table.add_row(*(escape(x) for x in (info.name, info.distribution, info.version, info.description)))
     console.print(table)

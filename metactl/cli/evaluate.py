@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import console, handle_errors
@@ -41,8 +42,8 @@ def evaluate(
     for k in range(width):
         table.add_column(f"step {k}", justify="right")
     for r in results:
-        table.add_row(Path(r["run"]).name, r["algorithm"], *[f"{s['mean']:.4f} ± {s['ci95']:.4f}" for s in r["steps"]])
+        table.add_row(escape(Path(r["run"]).name), escape(r["algorithm"]), *[f"{s['mean']:.4f} ± {s['ci95']:.4f}" for s in r["steps"]])
     console.print(table)
     if json_file:
         atomic_write_json(json_file, {"episodes": episodes, "seed": seed, "data": data, "runs": results})
-        console.print(f"Results written to [bold]{json_file}[/]")
+        console.print(f"Results written to [bold]{escape(str(json_file))}[/]")

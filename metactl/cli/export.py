@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import console, handle_errors
@@ -35,4 +36,4 @@ def export(
     if result.agreement_int8 is not None:
         table.add_row("int8 vs float, same prediction", f"{result.agreement_int8:.2%}")
     console.print(table)
-    console.print(f"Wrote {', '.join(result.files)} to [bold]{result.out}[/]")
+    console.print(f"Wrote {', '.join(result.files)} to [bold]{escape(str(result.out))}[/]")

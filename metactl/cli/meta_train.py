@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -41,6 +43,7 @@ def meta_train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    nproc: int = typer.Option(None, "--nproc", help="Launch N local workers (torch.distributed elastic launcher; gloo on CPU, nccl on CUDA)."),
 ) -> None:
     """Meta-train an initialization θ and per-layer inner learning rates α."""
     from metactl.config import load_toml, resolve
@@ -65,13 +68,27 @@ def meta_train(
     cfg = resolve(file_values, flags)
     if resume and out is None:
         raise MetactlError("--resume needs --out RUN_DIR (the run to continue).", "Pass --out runs/NAME.")
+    if nproc is not None and nproc < 1:
+        raise MetactlError(f"--nproc must be >= 1 (got {nproc}).", "Pass the number of worker processes.")
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if cfg.meta_batch % nproc:
+            raise MetactlError(f"--meta-batch {cfg.meta_batch} does not split evenly over --nproc {nproc} workers.", "Use a meta-batch divisible by --nproc.")
+        from metactl.launch import launch_local
+        from metactl.train import default_run_dir
+
+        run_dir = out or default_run_dir(cfg)
+        launch_local(cfg, nproc, run_dir, force, resume, json_out)
+        if not json_out:
+            console.print(f"{nproc} workers finished. Run written to [bold]{escape(str(run_dir))}[/]")
+        return
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
 
     from metactl.train import Reporter
     from metactl.train import meta_train as run_meta_train
 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=json_out,
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=json_out or quiet,
     )  # fmt: skip
     state = {"val": "", "task": None, "load": None}
     metric_name = "mse" if cfg.data == "sinusoid" else "acc"
@@ -92,6 +109,8 @@ def meta_train(
     with progress:
         result = run_meta_train(cfg, out=out, force=force, resume=resume, report=Reporter(message=console.print, start=on_start, step=on_step, load=on_load))
 
+    if quiet:
+        return
     summary = {
         "run_dir": str(result.run_dir), "steps": result.steps_done, "seconds": round(result.seconds, 1),
         "stopped_by": result.stopped_by, "skipped_steps": result.skipped_steps,
@@ -116,5 +135,5 @@ def meta_train(
     console.print(
         f"{result.steps_done} steps in {result.seconds:.0f} s (stopped by {result.stopped_by}"
         + (f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else "")
-        + f"). Run written to [bold]{result.run_dir}[/]"
+        + f"). Run written to [bold]{escape(str(result.run_dir))}[/]"
     )

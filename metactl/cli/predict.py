@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import console, handle_errors
@@ -31,5 +32,5 @@ def predict(
     table.add_column("probability", justify="right")
     for r in results:
         for i, t in enumerate(r["top_k"]):
-            table.add_row(r["file"] if i == 0 else "", t["label"], f"{t['probability']:.4f}")
+            table.add_row(escape(r["file"]) if i == 0 else "", escape(t["label"]), f"{t['probability']:.4f}")
     console.print(table)

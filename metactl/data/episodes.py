@@ -46,6 +46,20 @@ def episode_rng(seed: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, step])
 
 
+def training_tasks(sampler: Sampler, seed: int, step: int, indices: range, stream: int = 0) -> EpisodeBatch:
+    """Tasks ``indices`` of meta-batch ``step``. Task i has its own random stream, so a meta-batch
+    split across N ranks (rank r taking its slice of indices) holds exactly the tasks one rank sees."""
+    parts = [sampler.sample(np.random.default_rng([seed, stream, step, i]), 1) for i in indices]
+    classes = [p.classes for p in parts]
+    return EpisodeBatch(
+        np.concatenate([p.support_x for p in parts]),
+        np.concatenate([p.support_y for p in parts]),
+        np.concatenate([p.query_x for p in parts]),
+        np.concatenate([p.query_y for p in parts]),
+        None if any(c is None for c in classes) else np.concatenate(classes),  # type: ignore[arg-type]
+    )
+
+
 class ClassificationEpisodes:
     """Samples N-way K-shot episodes from a pool of classes."""
 
