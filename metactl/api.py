@@ -12,7 +12,7 @@ the algorithm lets every algorithm share checkpointing, fault handling and distr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -31,6 +31,7 @@ class TaskBatch:
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    classes: Tensor | None = None  # (B, N) pool indices of each task's classes (label j = classes[b, j])
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -45,6 +46,7 @@ class Learner:
     inner_lr: Params  # α: one tensor per adapted parameter (0-dim per layer, or param-shaped)
     task: str  # "classification" | "regression"
     head: tuple[str, ...] = ("head.weight", "head.bias")
+    extra: Params = field(default_factory=dict)  # outer-loop parameters an algorithm owns (not part of θ)
 
     def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
         return functional_call(self.model, params, (x,), {"ref": ref})
@@ -66,7 +68,8 @@ class Learner:
         return self.forward(params, torch.cat([sx, qx]), ref=n)[n:]
 
     def parameters(self) -> list[Tensor]:
-        return list(self.params.values()) + [a for a in self.inner_lr.values() if a.requires_grad]
+        """Everything the outer optimizer updates: θ, learned α, the algorithm's extra parameters."""
+        return list(self.params.values()) + [a for a in self.inner_lr.values() if a.requires_grad] + list(self.extra.values())
 
 
 @runtime_checkable

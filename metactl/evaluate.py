@@ -20,11 +20,13 @@ def to_batch(ep: EpisodeBatch, device: str | torch.device = "cpu") -> TaskBatch:
         t = torch.from_numpy(np.ascontiguousarray(a))
         return (t.float() / 255.0 if t.dtype == torch.uint8 else t).to(device)
 
+    classes = None if ep.classes is None else torch.from_numpy(np.ascontiguousarray(ep.classes)).to(device)
     return TaskBatch(
         x(ep.support_x),
         torch.from_numpy(np.ascontiguousarray(ep.support_y)).to(device),
         x(ep.query_x),
         torch.from_numpy(np.ascontiguousarray(ep.query_y)).to(device),
+        classes,
     )
 
 

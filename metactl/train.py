@@ -101,16 +101,33 @@ def _finish_replace(work: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str) -> Learner:
+def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str, inner_lr_shape: str = "layer") -> Learner:
+    """θ from the seed, and α = ``inner_lr`` per parameter tensor ("layer") or per element ("element", Meta-SGD)."""
     torch.manual_seed(cfg.seed)
     model = build_model(model_spec).to(device)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
-    lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
+    if inner_lr_shape == "element":
+        lr = {k: torch.full_like(v, float(cfg.inner_lr)).requires_grad_(cfg.learn_inner_lr) for k, v in params.items()}
+    else:
+        lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
     return Learner(model, params, lr, task)
+
+
+def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam on θ, α (if learned) and the algorithm's extra parameters, unless the algorithm brings its own."""
+    groups: list[dict[str, Any]] = [{"params": list(learner.params.values()), "name": "theta"}]
+    if cfg.learn_inner_lr:
+        groups.append({"params": list(learner.inner_lr.values()), "name": "inner_lr"})
+    if learner.extra:
+        groups.append({"params": list(learner.extra.values()), "name": "extra"})
+    if hasattr(algo, "make_optimizer"):
+        return algo.make_optimizer(groups, cfg)
+    return torch.optim.Adam(groups, lr=cfg.meta_lr)
 
 
 def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, step: int, elapsed: float, bad: int) -> None:
     tensors = runs.join_theta(learner.params, learner.inner_lr)
+    tensors.update({f"extra.{k}": v for k, v in learner.extra.items()})
     state = opt.state_dict()
     for i, s in state["state"].items():
         for key, value in s.items():
@@ -137,7 +154,7 @@ def _load_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer) ->
         int(meta["step"]), meta["param_groups"]
     except (OSError, ValueError, KeyError, TypeError):
         raise MetactlError(f"{out / runs.CHECKPOINT_META}: missing or damaged.", "The checkpoint cannot be resumed; start a new run.") from None
-    theta, lr = runs.split_theta({k: v for k, v in tensors.items() if not k.startswith("optimizer.")})
+    theta, lr = runs.split_theta({k: v for k, v in tensors.items() if not k.startswith(("optimizer.", "extra."))})
     if set(theta) != set(learner.params) or any(theta[k].shape != learner.params[k].shape for k in theta):
         raise MetactlError(f"{out / runs.CHECKPOINT}: weights do not match this model.", "Resume with the same model settings the run was started with.")
     with torch.no_grad():
@@ -145,6 +162,8 @@ def _load_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer) ->
             learner.params[k].copy_(v)
         for k, v in lr.items():
             learner.inner_lr[k].copy_(v)
+        for k, v in learner.extra.items():
+            v.copy_(tensors[f"extra.{k}"])
     state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -198,19 +217,18 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
         out = work
-    learner = init_learner(data.model_spec, cfg, data.kind, device)
-    opt = torch.optim.Adam(
-        [{"params": list(learner.params.values()), "name": "theta"}]
-        + ([{"params": list(learner.inner_lr.values()), "name": "inner_lr"}] if cfg.learn_inner_lr else []),
-        lr=cfg.meta_lr,
-    )
+    learner = init_learner(data.model_spec, cfg, data.kind, device, getattr(algo, "inner_lr_shape", "layer"))
+    if hasattr(algo, "setup"):  # e.g. pretrain's classifier over all training classes
+        pool = getattr(data.train, "pool", None)
+        algo.setup(learner, {"train_classes": pool.num_classes if pool is not None else 0})
+    opt = make_optimizer(algo, learner, cfg)
     start_step, elapsed_before, bad = (0, 0.0, 0)
     if resume:
         start_step, elapsed_before, bad = _load_checkpoint(out, learner, opt)
         if main:
             _truncate_metrics(out / runs.METRICS, start_step)
             report.message(f"Resuming {out} from step {start_step}.")
-    world.broadcast_([t.data for t in learner.params.values()] + [t.data for t in learner.inner_lr.values()])
+    world.broadcast_([t.data for t in learner.parameters()])
 
     meta = {
         "metactl_version": __version__,
@@ -256,6 +274,8 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
                 break
             ts = time.perf_counter()
             opt.zero_grad(set_to_none=False)
+            if hasattr(algo, "progress"):  # schedules (e.g. Reptile's annealed β) read the fraction done
+                algo.progress = step / cfg.steps
             metrics = algo.meta_gradient(learner, to_batch(ep, device))
             if world.size > 1:  # identical mean meta-gradient (and logged metrics) on every rank
                 for p in learner.parameters():

@@ -1,0 +1,15 @@
+"""The contract suite over every registered algorithm (plugins run the same suite on themselves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metactl.registry import available_names
+from metactl.testing import check_algorithm
+
+
+@pytest.mark.parametrize("name", available_names())
+def test_algorithm_contract(name: str, tmp_path: Path) -> None:
+    check_algorithm(name, tmp_path)
