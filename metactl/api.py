@@ -51,6 +51,13 @@ class Learner:
     def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
         return functional_call(self.model, params, (x,), {"ref": ref})
 
+    def features(self, params: Params, x: Tensor, ref: int | None = None, tasks: int = 1) -> Tensor:
+        """The body's output (no head); ``tasks`` > 1 normalises each task-major block on its own."""
+        return functional_call(self.model, params, (x,), {"ref": ref, "tasks": tasks, "return_features": True})
+
+    def head_forward(self, head: Params, features: Tensor) -> Tensor:
+        return F.linear(features, head[self.head[0]], head[self.head[1]])
+
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task == "classification":
             return F.cross_entropy(out, y)

@@ -1,4 +1,4 @@
-"""MAML: Model-Agnostic Meta-Learning, second order.
+"""MAML: Model-Agnostic Meta-Learning, second order — with the MAML++ training options.
 
 Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
 ICML 2017, https://arxiv.org/abs/1703.03400 — with per-layer learned inner learning rates
@@ -7,6 +7,14 @@ ICML 2017, https://arxiv.org/abs/1703.03400 — with per-layer learned inner lea
 For each task i:   ϕᵢ = θ − α ∇θ L_supp,i(θ)   (``inner_steps`` times)
 Outer objective:   (1/B) Σᵢ L_query,i(ϕᵢ),  differentiated through the inner steps (Hessian
 terms included), w.r.t. θ and α.
+
+MAML++ options (Antoniou, Edwards, Storkey, "How to train your MAML", ICLR 2019,
+https://arxiv.org/abs/1810.09502):
+- ``multi_step_loss``: the outer loss is Σₖ wₖ L_query(ϕₖ) over every inner step k = 1..K; the
+  weights start uniform and anneal over the first ``msl_anneal`` fraction of training until only
+  the last step counts (MSL).
+- ``second_order_after``: first-order gradients for the first N outer steps, second order after
+  (derivative-order annealing).
 
 Usage::
 
@@ -18,46 +26,80 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from metactl.api import Learner, Params, TaskBatch
-from metactl.inner import adapt_trajectory, inner_loop
+from metactl.inner import adapt_trajectory, inner_step
 
 
 @dataclass(frozen=True)
 class MAMLConfig:
     first_order: bool = False  # drop the second-order terms (the fomaml algorithm does this)
+    multi_step_loss: bool = False  # MAML++ MSL: query loss after every inner step, annealed weights
+    msl_anneal: float = 0.3  # fraction of training over which MSL weights move to the last step
+    second_order_after: int = 0  # MAML++: first order for the first N outer steps
+
+    def __post_init__(self) -> None:
+        if not 0 < self.msl_anneal <= 1:
+            raise ValueError("msl_anneal must be in (0, 1]")
+        if self.second_order_after < 0:
+            raise ValueError("second_order_after must be >= 0")
 
 
-def maml_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, second_order: bool) -> dict[str, float]:
-    """Per-task loop (DESIGN §5): adapt, take the query loss at ϕᵢ, backpropagate it / B."""
+def msl_weights(steps: int, progress: float, anneal: float) -> list[float]:
+    """MAML++ importance of the query loss after each inner step 1..K (sums to 1)."""
+    if steps <= 1:
+        return [1.0] * steps
+    floor = 0.03 / steps
+    t = min(progress / anneal, 1.0)
+    early = [1.0 / steps - t * (1.0 / steps - floor)] * (steps - 1)
+    return [*early, 1.0 - sum(early)]
+
+
+def maml_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, second_order: bool, step_weights: list[float] | None = None) -> dict[str, float]:
+    """Per-task loop (DESIGN §5): adapt, take the query loss at ϕᵢ, backpropagate it / B.
+
+    ``step_weights`` (length ``steps``): the outer loss is Σₖ wₖ L_query(ϕₖ) instead of L_query(ϕ_K).
+    """
     b = len(batch)
     total_loss = 0.0
     total_metric = 0.0
     for i in range(b):
         sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
-        phi = inner_loop(learner, learner.params, sx, sy, steps, second_order=second_order)
+        phi = learner.params
+        objective = torch.zeros(())
+        for k in range(steps):
+            phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order)
+            if step_weights is not None and step_weights[k] > 0 and k < steps - 1:
+                objective = objective + step_weights[k] * learner.loss(learner.predict_query(phi, sx, qx), qy)
         out = learner.predict_query(phi, sx, qx)
         loss = learner.loss(out, qy)
-        (loss / b).backward()
+        objective = objective + (step_weights[-1] if step_weights is not None and steps > 0 else 1.0) * loss
+        (objective / b).backward()
         total_loss += float(loss.detach())
         total_metric += learner.metric(out.detach(), qy)
     return {"loss": total_loss / b, "metric": total_metric / b}
 
 
 class MAML:
-    """Second-order MAML with per-layer learned inner learning rates."""
+    """Second-order MAML with per-layer learned inner learning rates (and the MAML++ options)."""
 
     name: ClassVar[str] = "maml"
-    description: ClassVar[str] = "MAML (Finn et al. 2017), second order, learned per-layer α"
+    description: ClassVar[str] = "MAML (Finn et al. 2017), second order, learned per-layer α, MAML++ options"
     Config: ClassVar[type] = MAMLConfig
 
     def __init__(self, config: MAMLConfig, train: Any) -> None:
         self.config = config
         self.inner_steps = int(train.inner_steps)
+        self.total_steps = int(train.steps)
+        self.progress = 0.0  # set by the trainer before each meta-step: fraction of training done
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        return maml_meta_gradient(learner, batch, self.inner_steps, second_order=not self.config.first_order)
+        outer_step = round(self.progress * self.total_steps)
+        second_order = not self.config.first_order and outer_step >= self.config.second_order_after
+        weights = msl_weights(self.inner_steps, self.progress, self.config.msl_anneal) if self.config.multi_step_loss else None
+        return maml_meta_gradient(learner, batch, self.inner_steps, second_order, weights)
 
     def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

@@ -41,9 +41,11 @@ class TaskNorm2d(nn.Module):
         self.register_buffer("mean", None)
         self.register_buffer("var", None)
 
-    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
         if self.mean is not None and self.var is not None:
             return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps)
+        if tasks > 1:
+            return self._per_task(x, ref, tasks)
         if ref is None:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         # Statistics of the reference rows only, folded into a per-channel affine map x * scale + shift.
@@ -54,6 +56,16 @@ class TaskNorm2d(nn.Module):
         shift = self.bias - mean * scale
         zeros, ones = _unit_stats(x)
         return F.batch_norm(x, zeros, ones, scale, shift, False, 0.0, 0.0)
+
+    def _per_task(self, x: torch.Tensor, ref: int | None, tasks: int) -> torch.Tensor:
+        """x holds ``tasks`` equal task-major blocks; each is normalised with its own first ``ref`` rows
+        (all its rows when ref is None): the per-task computation, batched."""
+        xv = x.view(tasks, -1, *x.shape[1:])
+        r = xv if ref is None else xv[:, :ref]
+        var, mean = torch.var_mean(r, dim=(1, 3, 4), correction=0)  # (tasks, C)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift[:, None, :, None, None], xv, scale[:, None, :, None, None]).view_as(x)
 
 
 class Conv4(nn.Module):
@@ -72,10 +84,13 @@ class Conv4(nn.Module):
             raise ValueError(f"image_size {image_size} is too small for four 2x poolings")
         self.head = nn.Linear(width * size * size, num_classes)
 
-    def features(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = F.max_pool2d(F.relu(norm(conv(x), ref)), 2)
+            x = F.max_pool2d(F.relu(norm(conv(x), ref, tasks)), 2)
         return x.flatten(1)
 
-    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
-        return self.head(self.features(x, ref))
+    def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> torch.Tensor:
+        """``tasks`` > 1: x is that many task-major blocks, each normalised on its own (ANIL's batched body).
+        ``return_features``: the body's output, without the head."""
+        f = self.features(x, ref, tasks)
+        return f if return_features else self.head(f)

@@ -17,8 +17,9 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(last, out_features)
 
-    def features(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
         return self.body(x)
 
-    def forward(self, x: torch.Tensor, ref: int | None = None) -> torch.Tensor:
-        return self.head(self.body(x))
+    def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> torch.Tensor:
+        f = self.body(x)
+        return f if return_features else self.head(f)

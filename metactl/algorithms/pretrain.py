@@ -1,0 +1,78 @@
+"""The baseline: plain supervised pre-training, then fine-tuning — no inner loop.
+
+The reference point every meta-learned θ must beat (Finn et al. 2017 compare against it; see also
+Chen et al., "A Closer Look at Few-shot Classification", ICLR 2019, https://arxiv.org/abs/1904.04232).
+θ minimises the average loss over all meta-training classes: images of every episode are labelled
+with their global class and classified by a head over all training classes (kept outside θ); for
+regression the network fits all tasks' points at once. The N-way head in θ stays at zero, so
+adaptation fine-tunes all layers from a zero head with the plain inner learning rate.
+
+Usage::
+
+    metactl meta-train --algo pretrain --meta-batch 8
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metactl.api import Learner, Params, TaskBatch
+from metactl.inner import adapt_trajectory
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must be in [0, 1)")
+
+
+class Pretrain:
+    name: ClassVar[str] = "pretrain"
+    description: ClassVar[str] = "Baseline: supervised pre-training on all training classes, then fine-tuning"
+    Config: ClassVar[type] = PretrainConfig
+
+    def __init__(self, config: PretrainConfig, train: Any) -> None:
+        self.config = config
+
+    def setup(self, learner: Learner, info: dict[str, Any]) -> None:
+        if learner.task != "classification":
+            return
+        n, feat = int(info["train_classes"]), learner.params[learner.head[0]].shape[1]
+        weight = learner.params[learner.head[0]]
+        classifier = torch.nn.Linear(feat, n).to(dtype=weight.dtype, device=weight.device)  # default init, seeded
+        learner.extra = {
+            "classifier.weight": classifier.weight.detach().clone().requires_grad_(True),
+            "classifier.bias": classifier.bias.detach().clone().requires_grad_(True),
+        }
+        with torch.no_grad():
+            for k in learner.head:
+                learner.params[k].zero_()
+
+    def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
+        x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
+        if learner.task == "regression":
+            y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
+            out = learner.forward(learner.params, x)
+            loss = F.mse_loss(out, y)
+            loss.backward()
+            return {"loss": float(loss.detach()), "metric": float(loss.detach())}
+        if batch.classes is None:
+            raise ValueError("pretrain needs the episodes' global class ids")
+        local = torch.cat([batch.support_y, batch.query_y], dim=1)  # (B, M + Q) in 0..N-1
+        y = torch.gather(batch.classes, 1, local).flatten()
+        feats = learner.features(learner.params, x)
+        logits = F.linear(feats, learner.extra["classifier.weight"], learner.extra["classifier.bias"])
+        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        loss.backward()
+        return {"loss": float(loss.detach()), "metric": float((logits.argmax(-1) == y).float().mean())}
+
+    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+        return adapt_trajectory(learner, x, y, steps)

@@ -1,0 +1,160 @@
+"""Numerical proof that each built-in algorithm is what it claims (iMAML: tests/test_imaml.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metactl.algorithms.anil import ANIL, ANILConfig
+from metactl.algorithms.fomaml import FOMAML, FOMAMLConfig
+from metactl.algorithms.maml import MAML, MAMLConfig, maml_meta_gradient, msl_weights
+from metactl.algorithms.metasgd import MetaSGD, MetaSGDConfig
+from metactl.algorithms.pretrain import Pretrain, PretrainConfig
+from metactl.algorithms.reptile import Reptile, ReptileConfig
+from metactl.api import Learner, TaskBatch
+from metactl.config import TrainConfig
+from metactl.train import init_learner
+from tests.test_maml import tiny_batch, tiny_learner
+
+CONV = {"kind": "conv4", "num_classes": 3, "in_channels": 1, "image_size": 16, "width": 4}
+
+
+def grads(learner: Learner) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in learner.params.values()])
+
+
+def fresh(kind: str = "conv", lr: float = 0.3) -> tuple[Learner, TaskBatch]:
+    return tiny_learner(kind, lr), tiny_batch(kind)
+
+
+def test_reptile_one_sgd_step_beta_1_is_one_sgd_step_on_the_task() -> None:
+    learner, batch = fresh("conv", 0.2)
+    one = TaskBatch(batch.support_x[:1], batch.support_y[:1], batch.query_x[:1], batch.query_y[:1])
+    cfg = TrainConfig(inner_steps=1, inner_lr=0.2, steps=10)
+    algo = Reptile(ReptileConfig(beta=1.0, beta_final=1.0, use_query=False), cfg)
+    theta = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
+    loss = learner.loss(learner.forward(theta, one.support_x[0]), one.support_y[0])
+    g = torch.autograd.grad(loss, list(theta.values()))
+    expected = {k: v.detach() - learner.inner_lr[k].detach() * gk for (k, v), gk in zip(theta.items(), g, strict=True)}
+    opt = algo.make_optimizer([{"params": list(learner.params.values())}], cfg)
+    algo.meta_gradient(learner, one)
+    opt.step()
+    for k, v in learner.params.items():
+        torch.testing.assert_close(v.detach(), expected[k], rtol=1e-12, atol=1e-12)
+
+
+def test_reptile_beta_is_annealed() -> None:
+    learner, batch = fresh("mlp", 0.1)
+    algo = Reptile(ReptileConfig(beta=1.0, beta_final=0.0), TrainConfig(inner_steps=2, inner_lr=0.1))
+    algo.progress = 0.0
+    algo.meta_gradient(learner, batch)
+    start = grads(learner).clone()
+    for p in learner.params.values():
+        p.grad = None
+    algo.progress = 0.75
+    algo.meta_gradient(learner, batch)
+    torch.testing.assert_close(grads(learner), 0.25 * start)
+
+
+def test_anil_inner_update_leaves_body_unchanged_but_body_gets_outer_gradient() -> None:
+    learner, batch = fresh("conv")
+    algo = ANIL(ANILConfig(), TrainConfig(inner_steps=2))
+    trajectory = algo.adapt(learner, batch.support_x[0], batch.support_y[0], 3)
+    for params in trajectory:
+        for k, v in params.items():
+            if k not in learner.head:
+                assert torch.equal(v, learner.params[k].detach())  # body's inner update is exactly zero
+    assert not torch.equal(trajectory[-1]["head.weight"], learner.params["head.weight"].detach())
+    algo.meta_gradient(learner, batch)
+    body = [k for k in learner.params if k not in learner.head]
+    assert all(learner.params[k].grad is not None and float(learner.params[k].grad.abs().sum()) > 0 for k in body)
+
+
+def test_anil_batched_body_matches_the_per_task_loop() -> None:
+    """The batched body (one forward for all tasks, per-task statistics) gives the per-task gradient."""
+    learner, batch = fresh("conv")
+    algo = ANIL(ANILConfig(), TrainConfig(inner_steps=2))
+    algo.meta_gradient(learner, batch)
+    batched = grads(learner).clone()
+    reference, _ = fresh("conv")
+    total = 0
+    for i in range(len(batch)):
+        sx, qx = batch.support_x[i], batch.query_x[i]
+        feats = reference.features(reference.params, torch.cat([sx, qx]), ref=len(sx))
+        head = {k: reference.params[k] for k in reference.head}
+        for _ in range(2):
+            loss = reference.loss(reference.head_forward(head, feats[: len(sx)]), batch.support_y[i])
+            g = torch.autograd.grad(loss, list(head.values()), create_graph=True)
+            head = {k: v - reference.inner_lr[k] * gk for (k, v), gk in zip(head.items(), g, strict=True)}
+        total = total + reference.loss(reference.head_forward(head, feats[len(sx) :]), batch.query_y[i])
+    (total / len(batch)).backward()
+    torch.testing.assert_close(batched, grads(reference), rtol=1e-9, atol=1e-11)
+
+
+def test_metasgd_alpha_has_each_parameters_shape_and_learns() -> None:
+    cfg = TrainConfig(inner_lr=0.1, width=4, ways=3)
+    learner = init_learner(CONV, cfg, "classification", "cpu", MetaSGD.inner_lr_shape)
+    for k, p in learner.params.items():
+        assert learner.inner_lr[k].shape == p.shape and learner.inner_lr[k].requires_grad
+    batch = tiny_batch("conv")
+    batch = TaskBatch(*(t.float() if t.is_floating_point() else t for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y)))
+    MetaSGD(MetaSGDConfig(), cfg).meta_gradient(learner, batch)
+    assert all(a.grad is not None and a.grad.shape == a.shape and float(a.grad.abs().sum()) > 0 for a in learner.inner_lr.values())
+
+
+def test_pretrain_never_calls_the_inner_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metactl.inner as inner
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pretrain called the inner loop")
+
+    for name in ("inner_step", "inner_loop", "adapt_trajectory"):
+        monkeypatch.setattr(inner, name, forbidden)
+    learner, batch = fresh("conv")
+    batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, torch.tensor([[5, 2, 7], [1, 0, 3]]))
+    algo = Pretrain(PretrainConfig(), TrainConfig())
+    algo.setup(learner, {"train_classes": 8})
+    metrics = algo.meta_gradient(learner, batch)
+    assert metrics["loss"] > 0 and learner.extra["classifier.weight"].grad is not None
+    assert all(float(learner.params[k].detach().abs().sum()) == 0 for k in learner.head)  # the N-way head starts at zero
+
+
+def test_msl_weights_anneal_to_the_last_step() -> None:
+    w0, w_half, w_end = msl_weights(4, 0.0, 0.5), msl_weights(4, 0.25, 0.5), msl_weights(4, 0.9, 0.5)
+    assert w0 == pytest.approx([0.25] * 4) and sum(w_half) == pytest.approx(1) and sum(w_end) == pytest.approx(1)
+    assert w_half[0] < 0.25 < w_half[-1] and w_end[0] == pytest.approx(0.03 / 4) and w_end[-1] > 0.97
+
+
+def test_multi_step_loss_gradient_is_the_weighted_sum_of_per_step_gradients() -> None:
+    """MSL: ∇θ Σₖ wₖ L_q(ϕₖ) = Σₖ wₖ ∇θ L_q(ϕₖ) — each term being MAML's gradient with k inner steps."""
+    learner, batch = fresh("mlp")
+    algo = MAML(MAMLConfig(multi_step_loss=True, msl_anneal=1.0), TrainConfig(inner_steps=3, steps=100))
+    algo.progress = 0.4
+    weights = msl_weights(3, 0.4, 1.0)
+    algo.meta_gradient(learner, batch)
+    msl = grads(learner)
+    expected = torch.zeros_like(msl)
+    for k, w in enumerate(weights, start=1):
+        ref, _ = fresh("mlp")
+        maml_meta_gradient(ref, batch, k, second_order=True)
+        expected += w * grads(ref)
+    torch.testing.assert_close(msl, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_second_order_after_n_steps_switches_from_first_to_second_order() -> None:
+    cfg = TrainConfig(inner_steps=1, steps=100)
+    results = {}
+    for label, algo_cls, config, progress in [
+        ("early", MAML, MAMLConfig(second_order_after=10), 0.05),
+        ("late", MAML, MAMLConfig(second_order_after=10), 0.2),
+        ("fomaml", FOMAML, FOMAMLConfig(), 0.0),
+        ("maml", MAML, MAMLConfig(), 0.0),
+    ]:
+        learner, batch = fresh("mlp")
+        algo = algo_cls(config, cfg)
+        algo.progress = progress
+        algo.meta_gradient(learner, batch)
+        results[label] = grads(learner)
+    torch.testing.assert_close(results["early"], results["fomaml"])
+    torch.testing.assert_close(results["late"], results["maml"])
+    assert (results["maml"] - results["fomaml"]).abs().max() > 1e-4
