@@ -128,7 +128,7 @@ def test_time_budget_stops_cleanly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--algo", "nope"], "Installed algorithms: fomaml, maml"),
+        (["--algo", "nope"], "Installed algorithms: anil, fomaml, imaml, maml, metasgd, pretrain"),
         (["--ways", "1"], "ways must be >= 2"),
         (["--data", "/no/such/dir"], "no such folder or file"),
         (["--config", "/no/such.toml"], "Config file not found"),
@@ -165,3 +165,28 @@ def test_evaluate_same_episodes_for_every_run(tmp_path: Path) -> None:
 
 if os.environ.get("METACTL_SKIP_SLOW"):
     pytestmark = pytest.mark.skip("slow tests disabled")
+
+
+def test_metactl_algorithms_env_restricts_and_broken_plugin_is_a_warning(tmp_path: Path) -> None:
+    """METACTL_ALGORITHMS limits the entry points seen; a plugin whose module is missing is one warning line."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[metactl.algorithms]\nbroken = no_such_module_xyz:Algo\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    code = "from typer.testing import CliRunner\nfrom metactl.cli import app\nr = CliRunner().invoke(app, ['algorithms'])\nprint(r.exit_code)\nprint(r.output)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert out.stdout.splitlines()[0] == "0"
+    assert "Warning:" in out.stdout and "broken" in out.stdout and "maml" in out.stdout
+    env["METACTL_ALGORITHMS"] = "maml,anil"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert "maml" in out.stdout and "anil" in out.stdout and "fomaml" not in out.stdout and "broken" not in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "metactl", "meta-train", "--algo", "broken"],
+        capture_output=True,
+        text=True,
+        env={**env, "METACTL_ALGORITHMS": ""},
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 1 and "failed to import" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,135 @@
+"""Prototypical Networks (ProtoNet), a metactl algorithm plugin.
+
+Snell, Swersky & Zemel, "Prototypical Networks for Few-shot Learning", NeurIPS 2017,
+https://arxiv.org/abs/1703.05175.
+
+For each task i, with f_θ the model's body (``model.features``, BatchNorm statistics from the
+support set only, as everywhere in metactl):
+
+    p_c = mean of f_θ(x) over the support examples of class c          (the class prototypes)
+    p(y = c | x) = softmax_c(−‖f_θ(x) − p_c‖²)                         (squared Euclidean distance)
+    outer objective: (1/B) Σᵢ cross-entropy over task i's queries, w.r.t. θ (body only).
+
+There is no inner loop: the inner learning rates α and the meta-learned linear head are unused.
+At adapt time the prototypes become the linear head (paper, Sec. 2.4): w_c = 2 p_c,
+b_c = −‖p_c‖², since −‖f − p_c‖² = 2 p_cᵀf − ‖p_c‖² − ‖f‖² and ‖f‖² is the same for every class,
+so the softmax is unchanged. The adapted model is therefore an ordinary Conv-4 with a linear head,
+and ``metactl adapt`` / ``metactl export --onnx`` work on it unchanged.
+
+Usage::
+
+    pip install -e plugins/metactl-protonet
+    metactl meta-train --algo protonet --ways 5 --shots 1
+    metactl adapt --support ./shots && metactl export --onnx
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metactl.api import Learner, Params, TaskBatch
+from metactl.errors import MetactlError
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class ProtoNetConfig:
+    pass
+
+
+class _Features(nn.Module):
+    """Exposes ``model.features(x, ref)`` as a forward, so ``functional_call`` can run it with given weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, ref: int | None = None) -> Tensor:
+        return self.model.features(x, ref)
+
+
+def embed(learner: Learner, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
+    """f_θ(x): the model's body features at ``params``, normalised with the statistics of ``x[:ref]``."""
+    body = {f"model.{k}": v for k, v in params.items() if k not in learner.head}
+    return functional_call(_Features(learner.model), body, (x,), {"ref": ref})
+
+
+def prototypes(emb: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """(num_classes, D) mean embedding per class; every class needs at least one example."""
+    onehot = F.one_hot(y, num_classes).to(emb.dtype)  # (M, N)
+    counts = onehot.sum(0)
+    if bool((counts == 0).any()):
+        missing = [int(c) for c in torch.nonzero(counts == 0).flatten()]
+        raise ValueError(f"ProtoNet needs at least one support example per class; none for label(s) {missing}")
+    return (onehot.T @ emb) / counts[:, None]
+
+
+def distance_logits(emb: Tensor, protos: Tensor) -> Tensor:
+    """−‖f − p_c‖² for each row f of ``emb`` and prototype p_c: (Q, N)."""
+    return -(emb[:, None, :] - protos[None, :, :]).pow(2).sum(-1)
+
+
+def prototype_head(protos: Tensor) -> tuple[Tensor, Tensor]:
+    """The linear head whose logits equal −‖f − p_c‖² up to the per-row constant ‖f‖²: (2 p, −‖p‖²)."""
+    return 2 * protos, -protos.pow(2).sum(-1)
+
+
+def _require_classification(learner: Learner) -> None:
+    if learner.task != "classification":
+        raise MetactlError(f"protonet needs a classification task (this one is {learner.task}).", "Choose image data, or another --algo.")
+    if not callable(getattr(learner.model, "features", None)):
+        raise MetactlError("protonet needs a model with a features(x, ref) method.", "Use the Conv-4 model.")
+
+
+class ProtoNet:
+    """Prototypical Networks: class prototypes in embedding space, squared Euclidean distance."""
+
+    name: ClassVar[str] = "protonet"
+    description: ClassVar[str] = "Prototypical Networks (Snell et al. 2017), squared Euclidean distance"
+    Config: ClassVar[type] = ProtoNetConfig
+
+    def __init__(self, config: ProtoNetConfig, train: Any) -> None:
+        self.config = config
+
+    def setup(self, learner: Learner, info: dict[str, Any]) -> None:
+        _require_classification(learner)  # fail at the start of meta-train, not at the first step
+
+    def task_logits(self, learner: Learner, params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+        """Query logits −‖f(q) − p_c‖² of one task, support and queries embedded together with support statistics."""
+        n = sx.shape[0]
+        num_classes = learner.params[learner.head[0]].shape[0]
+        emb = embed(learner, params, torch.cat([sx, qx]), ref=n)
+        return distance_logits(emb[n:], prototypes(emb[:n], sy, num_classes))
+
+    def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
+        _require_classification(learner)
+        b = len(batch)
+        total_loss = 0.0
+        total_metric = 0.0
+        for i in range(b):
+            qy = batch.query_y[i]
+            out = self.task_logits(learner, learner.params, batch.support_x[i], batch.support_y[i], batch.query_x[i])
+            loss = learner.loss(out, qy)
+            (loss / b).backward()
+            total_loss += float(loss.detach())
+            total_metric += learner.metric(out.detach(), qy)
+        return {"loss": total_loss / b, "metric": total_metric / b}
+
+    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+        """θ with the prototype head, for every step 0..steps (there are no gradient steps)."""
+        _require_classification(learner)
+        w_name, b_name = learner.head
+        params = {k: v.detach() for k, v in learner.params.items()}
+        with torch.no_grad():
+            emb = embed(learner, params, x, ref=x.shape[0])
+            weight, bias = prototype_head(prototypes(emb, y, params[w_name].shape[0]))
+        params[w_name] = weight.to(params[w_name].dtype)
+        params[b_name] = bias.to(params[b_name].dtype)
+        return [dict(params) for _ in range(steps + 1)]

@@ -1,0 +1,125 @@
+"""metactl-protonet: the metactl contract suite, plus ProtoNet's own numerics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from metactl_protonet import ProtoNet, ProtoNetConfig, distance_logits, embed, prototype_head, prototypes
+
+from metactl.adapt import deployable, norm_statistics
+from metactl.api import Learner, TaskBatch
+from metactl.errors import MetactlError
+from metactl.models import build_model
+from metactl.testing import check_algorithm
+
+SPEC = {"kind": "conv4", "num_classes": 3, "in_channels": 1, "image_size": 16, "width": 4}
+
+
+def tiny_learner(dtype: torch.dtype = torch.float64, seed: int = 0) -> Learner:
+    torch.manual_seed(seed)
+    model = build_model(SPEC).to(dtype)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    lr = {k: torch.tensor(0.1, dtype=dtype, requires_grad=True) for k in params}
+    return Learner(model, params, lr, "classification")
+
+
+def tiny_batch(b: int = 2, ways: int = 3, shots: int = 2, queries: int = 2, dtype: torch.dtype = torch.float64, seed: int = 1) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = lambda k: torch.arange(ways).repeat_interleave(k).expand(b, -1).clone()  # noqa: E731
+    return TaskBatch(
+        torch.rand(b, ways * shots, 1, 16, 16, generator=g, dtype=dtype),
+        labels(shots),
+        torch.rand(b, ways * queries, 1, 16, 16, generator=g, dtype=dtype),
+        labels(queries),
+    )
+
+
+def test_contract(tmp_path: Path) -> None:
+    check_algorithm("protonet", tmp_path)
+
+
+def test_prototype_head_logits_are_negative_squared_distances_up_to_a_row_constant() -> None:
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    protos = prototypes(emb, y, 3)
+    for c in range(3):
+        torch.testing.assert_close(protos[c], emb[y == c].mean(0))
+    query = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    w, b = prototype_head(protos)
+    linear = query @ w.T + b
+    direct = torch.stack([-((query - p) ** 2).sum(-1) for p in protos], dim=1)
+    torch.testing.assert_close(distance_logits(query, protos), direct)
+    diff = linear - direct
+    torch.testing.assert_close(diff, (query**2).sum(-1, keepdim=True).expand_as(diff))  # ‖f‖²: the same for every class
+    torch.testing.assert_close(linear.softmax(-1), direct.softmax(-1))
+
+
+def test_meta_gradient_matches_a_direct_reimplementation() -> None:
+    learner = tiny_learner()
+    batch = tiny_batch()
+    metrics = ProtoNet(ProtoNetConfig(), None).meta_gradient(learner, batch)
+
+    model = learner.model  # its own parameters hold the same values as learner.params
+    body = [(k, p) for k, p in model.named_parameters() if not k.startswith("head.")]
+    b = len(batch)
+    losses = []
+    for i in range(b):
+        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        n = sx.shape[0]
+        emb = model.features(torch.cat([sx, qx]), ref=n)
+        protos = torch.stack([emb[:n][sy == c].mean(0) for c in range(3)])
+        dist = torch.stack([((emb[n:] - p) ** 2).sum(-1) for p in protos], dim=1)
+        losses.append(F.cross_entropy(-dist, qy))
+    mean = torch.stack(losses).mean()
+    expected = torch.autograd.grad(mean, [p for _, p in body])
+
+    assert metrics["loss"] == pytest.approx(float(mean.detach()), rel=1e-12)
+    for (name, _), g in zip(body, expected, strict=True):
+        torch.testing.assert_close(learner.params[name].grad, g, rtol=1e-10, atol=1e-12)
+    assert learner.params["head.weight"].grad is None and learner.params["head.bias"].grad is None
+    assert all(a.grad is None for a in learner.inner_lr.values())
+
+
+def test_adapted_head_gives_prototype_probabilities_in_training_and_deployment() -> None:
+    learner = tiny_learner(torch.float32)
+    batch = tiny_batch(b=1, shots=3, queries=4, dtype=torch.float32)
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    algo = ProtoNet(ProtoNetConfig(), None)
+    trajectory = algo.adapt(learner, sx, sy, 2)
+    assert len(trajectory) == 3 and all(not v.requires_grad for p in trajectory for v in p.values())
+    with torch.no_grad():
+        expected = algo.task_logits(learner, learner.params, sx, sy, qx).softmax(-1)
+        # what evaluation measures: the linear head, queries normalised with support statistics
+        torch.testing.assert_close(learner.predict_query(trajectory[-1], sx, qx).softmax(-1), expected)
+        # what `metactl adapt` deploys: BatchNorm statistics frozen from the support set
+        tensors = {**trajectory[-1], **norm_statistics(learner.model, trajectory[-1], sx)}
+        torch.testing.assert_close(deployable(SPEC, tensors)(qx).softmax(-1), expected, rtol=1e-4, atol=1e-5)
+        # the support embeddings are those of the support alone
+        torch.testing.assert_close(embed(learner, learner.params, sx, ref=sx.shape[0]), embed(learner, learner.params, sx))
+
+
+def test_adapt_to_a_different_number_of_labels() -> None:
+    learner = tiny_learner(torch.float32)  # trained 3-way; `metactl adapt` swaps in a zero (2, D) head
+    learner.params["head.weight"] = torch.zeros(2, learner.params["head.weight"].shape[1])
+    learner.params["head.bias"] = torch.zeros(2)
+    learner.model = build_model({**SPEC, "num_classes": 2})
+    sx = torch.rand(4, 1, 16, 16)
+    phi = ProtoNet(ProtoNetConfig(), None).adapt(learner, sx, torch.tensor([0, 1, 0, 1]), 1)[-1]
+    assert phi["head.weight"].shape == (2, 4) and phi["head.bias"].shape == (2,)
+
+
+def test_every_label_needs_a_support_example() -> None:
+    with pytest.raises(ValueError, match="label"):
+        prototypes(torch.zeros(2, 4), torch.tensor([0, 2]), 3)
+
+
+def test_regression_is_refused_at_setup() -> None:
+    model = build_model({"kind": "mlp"})
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    learner = Learner(model, params, {k: torch.tensor(0.1) for k in params}, "regression")
+    with pytest.raises(MetactlError, match="classification"):
+        ProtoNet(ProtoNetConfig(), None).setup(learner, {})
