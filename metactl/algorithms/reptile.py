@@ -5,8 +5,8 @@ https://arxiv.org/abs/1803.02999.
 
 For each task, k steps of SGD (or Adam) on the task's labelled data from θ give ϕᵢ; then
 θ ← θ + β (mean ϕᵢ − θ), with β annealed linearly from ``beta`` to ``beta_final`` over training.
-No second derivatives, no inner learning-rate learning; test-time adaptation is plain SGD with the
-inner learning rate. The outer update is exactly that SGD step (``make_optimizer``), not Adam.
+No second derivatives, no inner learning-rate learning; test-time adaptation runs the same inner
+optimizer (SGD with α, or Adam with lr ``--inner-lr``). The outer update is exactly that SGD step (``make_optimizer``), not Adam.
 
 Usage::
 
@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from metactl.api import Learner, Params, TaskBatch
-from metactl.inner import adapt_trajectory
 
 
 @dataclass(frozen=True)
@@ -53,23 +52,26 @@ class Reptile:
     def make_optimizer(self, groups: list[dict[str, Any]], train: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=self.config.beta)
 
-    def task_weights(self, learner: Learner, x: Tensor, y: Tensor) -> tuple[Params, float]:
-        """ϕ after k inner steps on (x, y) from θ, and the training loss at ϕ's last step."""
+    def trajectory(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> tuple[list[Params], float]:
+        """Weights after 0..steps inner steps (SGD with α, or Adam) on (x, y) from θ; and the last training loss."""
         phi = {k: v.detach().clone().requires_grad_(True) for k, v in learner.params.items()}
         adam = torch.optim.Adam(list(phi.values()), lr=self.inner_lr, betas=(0.0, 0.999)) if self.config.inner_optimizer == "adam" else None
+        out = [{k: v.detach().clone() for k, v in phi.items()}]
         loss = torch.zeros(())
-        for _ in range(self.inner_steps):
-            loss = learner.loss(learner.forward(phi, x), y)
-            grads = torch.autograd.grad(loss, list(phi.values()))
-            with torch.no_grad():
-                if adam is None:
-                    for (k, p), g in zip(phi.items(), grads, strict=True):
-                        p -= learner.inner_lr[k].detach() * g
-                else:
-                    for p, g in zip(phi.values(), grads, strict=True):
-                        p.grad = g
-                    adam.step()
-        return {k: v.detach() for k, v in phi.items()}, float(loss.detach())
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = learner.loss(learner.forward(phi, x), y)
+                grads = torch.autograd.grad(loss, list(phi.values()))
+                with torch.no_grad():
+                    if adam is None:
+                        for (k, p), g in zip(phi.items(), grads, strict=True):
+                            p -= learner.inner_lr[k].detach() * g
+                    else:
+                        for p, g in zip(phi.values(), grads, strict=True):
+                            p.grad = g
+                        adam.step()
+                out.append({k: v.detach().clone() for k, v in phi.items()})
+        return out, float(loss.detach())
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         b = len(batch)
@@ -78,7 +80,8 @@ class Reptile:
         for i in range(b):
             sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
             x, y = (torch.cat([sx, qx]), torch.cat([sy, qy])) if self.config.use_query else (sx, sy)
-            phi, loss = self.task_weights(learner, x, y)
+            trajectory, loss = self.trajectory(learner, x, y, self.inner_steps)
+            phi = trajectory[-1]
             for k, p in learner.params.items():  # SGD with lr β on (θ − ϕ̄) is θ ← θ + β(ϕ̄ − θ)
                 g = (p.detach() - phi[k]) * (scale / b)
                 p.grad = g if p.grad is None else p.grad + g
@@ -88,4 +91,5 @@ class Reptile:
         return {"loss": total_loss / b, "metric": total_metric / b}
 
     def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
-        return adapt_trajectory(learner, x, y, steps)
+        """Test-time adaptation with the same inner optimizer as training."""
+        return self.trajectory(learner, x, y, steps)[0]
