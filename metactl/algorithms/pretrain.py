@@ -28,10 +28,13 @@ from metactl.inner import adapt_trajectory
 @dataclass(frozen=True)
 class PretrainConfig:
     label_smoothing: float = 0.0
+    tasks_per_forward: int = 2  # episodes per forward/backward (BatchNorm batch); 0 = the whole meta-batch
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if self.tasks_per_forward < 0:
+            raise ValueError("tasks_per_forward must be >= 0")
 
 
 class Pretrain:
@@ -57,22 +60,29 @@ class Pretrain:
                 learner.params[k].zero_()
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
-        if learner.task == "regression":
-            y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
-            out = learner.forward(learner.params, x)
-            loss = F.mse_loss(out, y)
-            loss.backward()
-            return {"loss": float(loss.detach()), "metric": float(loss.detach())}
-        if batch.classes is None:
-            raise ValueError("pretrain needs the episodes' global class ids")
-        local = torch.cat([batch.support_y, batch.query_y], dim=1)  # (B, M + Q) in 0..N-1
-        y = torch.gather(batch.classes, 1, local).flatten()
-        feats = learner.features(learner.params, x)
-        logits = F.linear(feats, learner.extra["classifier.weight"], learner.extra["classifier.bias"])
-        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
-        loss.backward()
-        return {"loss": float(loss.detach()), "metric": float((logits.argmax(-1) == y).float().mean())}
+        """Average loss over every image of the meta-batch, in chunks of ``tasks_per_forward`` episodes."""
+        b = len(batch)
+        chunk = self.config.tasks_per_forward or b
+        total_loss = total_metric = 0.0
+        for lo in range(0, b, chunk):
+            hi = min(lo + chunk, b)
+            x = torch.cat([batch.support_x[lo:hi], batch.query_x[lo:hi]], dim=1).flatten(0, 1)
+            if learner.task == "regression":
+                y = torch.cat([batch.support_y[lo:hi], batch.query_y[lo:hi]], dim=1).flatten(0, 1)
+                loss = F.mse_loss(learner.forward(learner.params, x), y)
+                metric = float(loss.detach())
+            else:
+                if batch.classes is None:
+                    raise ValueError("pretrain needs the episodes' global class ids")
+                local = torch.cat([batch.support_y[lo:hi], batch.query_y[lo:hi]], dim=1)  # labels 0..N-1
+                y = torch.gather(batch.classes[lo:hi], 1, local).flatten()
+                logits = F.linear(learner.features(learner.params, x), learner.extra["classifier.weight"], learner.extra["classifier.bias"])
+                loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+                metric = float((logits.argmax(-1) == y).float().mean())
+            (loss * ((hi - lo) / b)).backward()
+            total_loss += float(loss.detach()) * (hi - lo) / b
+            total_metric += metric * (hi - lo) / b
+        return {"loss": total_loss, "metric": total_metric}
 
     def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)
