@@ -47,6 +47,12 @@ class Learner:
     task: str  # "classification" | "regression"
     head: tuple[str, ...] = ("head.weight", "head.bias")
     extra: Params = field(default_factory=dict)  # outer-loop parameters an algorithm owns (not part of θ)
+    per_step_lr: bool = False  # α[name] has one entry per inner step (MAML++ LSLR); steps past the end reuse the last
+
+    def lr(self, name: str, step: int = 0) -> Tensor:
+        """α for parameter ``name`` at inner step ``step``."""
+        a = self.inner_lr[name]
+        return a[min(step, a.shape[0] - 1)] if self.per_step_lr else a
 
     def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
         return functional_call(self.model, params, (x,), {"ref": ref})

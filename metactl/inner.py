@@ -27,14 +27,15 @@ def inner_step(
     second_order: bool,
     names: Collection[str] | None = None,
     ref: int | None = None,
+    step: int = 0,
 ) -> tuple[Params, Tensor]:
-    """One inner gradient step on (x, y); returns (new params, support loss before the step)."""
+    """Inner step number ``step`` on (x, y); returns (new params, support loss before the step)."""
     names = list(params) if names is None else list(names)
     loss = learner.loss(learner.forward(params, x, ref), y)
     grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=second_order)
     new = dict(params)
     for n, g in zip(names, grads, strict=True):
-        new[n] = params[n] - learner.inner_lr[n] * g
+        new[n] = params[n] - learner.lr(n, step) * g
     return new, loss
 
 
@@ -49,8 +50,8 @@ def inner_loop(
     names: Collection[str] | None = None,
 ) -> Params:
     """``steps`` inner steps from ``params`` on the support set (x, y)."""
-    for _ in range(steps):
-        params, _ = inner_step(learner, params, x, y, second_order=second_order, names=names)
+    for k in range(steps):
+        params, _ = inner_step(learner, params, x, y, second_order=second_order, names=names, step=k)
     return params
 
 
@@ -59,10 +60,10 @@ def adapt_trajectory(learner: Learner, x: Tensor, y: Tensor, steps: int, names: 
     with torch.enable_grad():
         params = {k: v.detach().requires_grad_(True) for k, v in learner.params.items()}
         lr = {k: v.detach() for k, v in learner.inner_lr.items()}
-        frozen = Learner(learner.model, params, lr, learner.task, learner.head)
+        frozen = Learner(learner.model, params, lr, learner.task, learner.head, per_step_lr=learner.per_step_lr)
         out = [{k: v.detach() for k, v in params.items()}]
-        for _ in range(steps):
-            params, _ = inner_step(frozen, params, x, y, second_order=False, names=names)
+        for step in range(steps):
+            params, _ = inner_step(frozen, params, x, y, second_order=False, names=names, step=step)
             out.append({k: v.detach() for k, v in params.items()})
             params = {k: v.detach().requires_grad_(True) for k, v in out[-1].items()}
     return out

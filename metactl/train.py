@@ -108,9 +108,11 @@ def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     if inner_lr_shape == "element":
         lr = {k: torch.full_like(v, float(cfg.inner_lr)).requires_grad_(cfg.learn_inner_lr) for k, v in params.items()}
+    elif inner_lr_shape == "step":
+        lr = {k: torch.full((max(1, cfg.inner_steps),), float(cfg.inner_lr), device=device).requires_grad_(cfg.learn_inner_lr) for k in params}
     else:
         lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
-    return Learner(model, params, lr, task)
+    return Learner(model, params, lr, task, per_step_lr=inner_lr_shape == "step")
 
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -243,6 +245,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         "seed": cfg.seed,
         "budget": {"steps": cfg.steps, "time_budget_minutes": cfg.time_budget},
         "workers": world.size,
+        "inner_lr_shape": getattr(algo, "inner_lr_shape", "layer"),
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
@@ -402,7 +405,7 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
         raise MetactlError(f"{run / runs.THETA}: weights do not match the model in {runs.META}.", "The run is damaged or from another version.")
     params = {k: v.to(device).requires_grad_(True) for k, v in theta.items()}
     inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
-    return meta, Learner(model, params, inner, meta.get("task", "classification"))
+    return meta, Learner(model, params, inner, meta.get("task", "classification"), per_step_lr=meta.get("inner_lr_shape") == "step")
 
 
 __all__ = ["Reporter", "TrainResult", "load_run", "meta_train"]

@@ -158,3 +158,23 @@ def test_second_order_after_n_steps_switches_from_first_to_second_order() -> Non
     torch.testing.assert_close(results["early"], results["fomaml"])
     torch.testing.assert_close(results["late"], results["maml"])
     assert (results["maml"] - results["fomaml"]).abs().max() > 1e-4
+
+
+def test_per_step_inner_lr_gives_each_inner_step_its_own_alpha() -> None:
+    """MAML++ LSLR: α[layer] has one entry per inner step; step k uses entry k (checked against finite differences)."""
+    cfg = TrainConfig(inner_steps=2, inner_lr=0.3, steps=10)
+    algo = MAML(MAMLConfig(per_step_inner_lr=True), cfg)
+    assert algo.inner_lr_shape == "step"
+    learner = init_learner({"kind": "mlp", "in_features": 1, "out_features": 1, "hidden": [5, 5]}, cfg, "regression", "cpu", algo.inner_lr_shape)
+    learner.model.double()
+    learner.params = {k: v.detach().double().requires_grad_(True) for k, v in learner.params.items()}
+    learner.inner_lr = {k: torch.tensor([0.3, 0.1], dtype=torch.float64, requires_grad=True) for k in learner.params}
+    assert learner.per_step_lr and all(a.shape == (2,) for a in learner.inner_lr.values())
+    batch = tiny_batch("mlp")
+    algo.meta_gradient(learner, batch)
+    from tests.test_maml import finite_difference
+
+    fd = finite_difference(learner, batch, 2, learner.inner_lr)
+    for k, a in learner.inner_lr.items():
+        torch.testing.assert_close(a.grad, fd[k], rtol=1e-5, atol=1e-7)
+        assert float(a.grad[0].abs()) > 0 and float(a.grad[1].abs()) > 0

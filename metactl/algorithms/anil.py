@@ -35,11 +35,11 @@ class ANILConfig:
             raise ValueError("tasks_per_forward must be >= 0")
 
 
-def head_step(learner: Learner, head: Params, feats: Tensor, y: Tensor, second_order: bool) -> tuple[Params, Tensor]:
+def head_step(learner: Learner, head: Params, feats: Tensor, y: Tensor, second_order: bool, step: int = 0) -> tuple[Params, Tensor]:
     """One pure inner step on the head only, given fixed features."""
     loss = learner.loss(learner.head_forward(head, feats), y)
     grads = torch.autograd.grad(loss, list(head.values()), create_graph=second_order)
-    return {k: v - learner.inner_lr[k] * g for (k, v), g in zip(head.items(), grads, strict=True)}, loss
+    return {k: v - learner.lr(k, step) * g for (k, v), g in zip(head.items(), grads, strict=True)}, loss
 
 
 class ANIL:
@@ -63,8 +63,8 @@ class ANIL:
             objective = torch.zeros((), dtype=feats.dtype)
             for j, i in enumerate(range(lo, hi)):
                 head = {k: learner.params[k] for k in learner.head}
-                for _ in range(self.inner_steps):
-                    head, _ = head_step(learner, head, feats[j, :m], batch.support_y[i], second_order=not self.config.first_order)
+                for k in range(self.inner_steps):
+                    head, _ = head_step(learner, head, feats[j, :m], batch.support_y[i], second_order=not self.config.first_order, step=k)
                 out = learner.head_forward(head, feats[j, m:])
                 loss = learner.loss(out, batch.query_y[i])
                 objective = objective + loss
@@ -80,8 +80,8 @@ class ANIL:
         head = {k: theta[k] for k in learner.head}
         out = [dict(theta)]
         with torch.enable_grad():
-            for _ in range(steps):
+            for step in range(steps):
                 head = {k: v.detach().requires_grad_(True) for k, v in head.items()}
-                head, _ = head_step(learner, head, feats, y, second_order=False)
+                head, _ = head_step(learner, head, feats, y, second_order=False, step=step)
                 out.append({**theta, **{k: v.detach() for k, v in head.items()}})
         return out

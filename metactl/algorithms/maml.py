@@ -15,6 +15,8 @@ https://arxiv.org/abs/1810.09502):
   the last step counts (MSL).
 - ``second_order_after``: first-order gradients for the first N outer steps, second order after
   (derivative-order annealing).
+- ``per_step_inner_lr``: LSLR — one learned α per layer and per inner step (test-time steps beyond
+  the trained ones reuse the last step's α).
 
 Usage::
 
@@ -39,6 +41,7 @@ class MAMLConfig:
     multi_step_loss: bool = False  # MAML++ MSL: query loss after every inner step, annealed weights
     msl_anneal: float = 0.3  # fraction of training over which MSL weights move to the last step
     second_order_after: int = 0  # MAML++: first order for the first N outer steps
+    per_step_inner_lr: bool = False  # MAML++ LSLR: a learned α per layer *and per inner step*
 
     def __post_init__(self) -> None:
         if not 0 < self.msl_anneal <= 1:
@@ -70,7 +73,7 @@ def maml_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, second_or
         phi = learner.params
         objective = torch.zeros(())
         for k in range(steps):
-            phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order)
+            phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order, step=k)
             if step_weights is not None and step_weights[k] > 0 and k < steps - 1:
                 objective = objective + step_weights[k] * learner.loss(learner.predict_query(phi, sx, qx), qy)
         out = learner.predict_query(phi, sx, qx)
@@ -94,6 +97,7 @@ class MAML:
         self.inner_steps = int(train.inner_steps)
         self.total_steps = int(train.steps)
         self.progress = 0.0  # set by the trainer before each meta-step: fraction of training done
+        self.inner_lr_shape = "step" if config.per_step_inner_lr else "layer"
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         outer_step = round(self.progress * self.total_steps)
