@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -269,10 +271,14 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
     step = start_step
     report.start(start_step, cfg.steps)
     mine = world.slice(cfg.meta_batch)
+    ctrl_c = _DeferredInterrupt()
     batches = prefetch(lambda s: training_tasks(data.train, cfg.seed, s, mine, TRAIN_STREAM), range(start_step, cfg.steps))
     try:
         for ep in batches:
-            if world.any(time.perf_counter() - t0 >= budget):  # every rank stops at the same step
+            # a safe point: Ctrl-C and the time budget take effect here, on every rank at the same step
+            if world.any(time.perf_counter() - t0 >= budget or ctrl_c.is_set()):
+                if world.any(ctrl_c.is_set()):
+                    raise KeyboardInterrupt
                 stopped_by = "time-budget"
                 break
             ts = time.perf_counter()
@@ -322,6 +328,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         raise
     finally:
         batches.close()
+        ctrl_c.restore()
     seconds = time.perf_counter() - t0
     if not main:
         world.barrier()  # wait for rank 0 to finish writing, then leave together
@@ -368,6 +375,31 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         inner_lr={k: float(v.detach().mean()) for k, v in learner.inner_lr.items()},
         skipped_steps=skipped,
     )
+
+
+class _DeferredInterrupt:
+    """The first Ctrl-C only sets a flag, so the step in flight completes (θ, optimizer state, step
+    count and metrics stay consistent) and the loop stops at its next safe point; a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._flag.is_set():
+            raise KeyboardInterrupt
+        self._flag.set()
+
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _asdict(config: Any) -> dict[str, Any]:
