@@ -120,13 +120,7 @@ def write_dir_atomically(out: Path, force: bool, files: dict[str, bytes]) -> Non
         for name, data in files.items():
             runs.atomic_write_bytes(tmp / name, data)
         tmp.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{datetime.now():%H%M%S%f}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        runs.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,18 +19,22 @@ from typing import Any
 import numpy as np
 
 
-def make_image_folder(root: Path, classes: int = 6, per_class: int = 6, size: int = 20, seed: int = 0) -> Path:
-    """A tiny class-per-folder tree of PNGs (dark ink on white)."""
+def make_image_folder(
+    root: Path, classes: int = 6, per_class: int = 6, size: int = 20, seed: int = 0, ink: float = 0.25, omniglot_layout: bool = False
+) -> Path:
+    """A tiny class-per-folder tree of PNGs (dark ink on white). ``omniglot_layout`` nests the
+    classes as ``alphabetA/characterNN/XXXX_YY.png`` like Omniglot's zips; otherwise ``classNN/YY.png``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     for c in range(classes):
-        d = root / f"class{c:02d}"
+        d = root / f"alphabet{c % 2}" / f"character{c:02d}" if omniglot_layout else root / f"class{c:02d}"
         d.mkdir(parents=True, exist_ok=True)
-        base = rng.random((size, size)) > 0.75
+        base = rng.random((size, size)) > 1 - ink
         for i in range(per_class):
             noisy = base ^ (rng.random((size, size)) > 0.95)
-            Image.fromarray(np.where(noisy, 0, 255).astype(np.uint8)).save(d / f"{i:02d}.png")
+            name = f"{c:04d}_{i:02d}.png" if omniglot_layout else f"{i:02d}.png"
+            Image.fromarray(np.where(noisy, 0, 255).astype(np.uint8)).save(d / name)
     return root
 
 

@@ -69,7 +69,7 @@ def _prepare_out(out: Path, force: bool, resume: bool) -> Path:
     """Check ``--out`` and return the folder to write into.
 
     With ``--force`` over an existing run, training writes into a hidden ``.NAME.partial`` folder
-    beside it, and the old run is replaced only when the new one is complete (see ``_finish_replace``).
+    beside it, and the old run is replaced only when the new one is complete (``runs.replace_dir``).
     """
     if out.exists() and not out.is_dir():
         raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
@@ -90,17 +90,6 @@ def _prepare_out(out: Path, force: bool, resume: bool) -> Path:
         return work
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _finish_replace(work: Path, target: Path) -> None:
-    """Swap a completed ``.partial`` run into place of the run it replaces."""
-    old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    work.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str, inner_lr_shape: str = "layer") -> Learner:
@@ -354,7 +343,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
     if replaces:
         meta.pop("replaces")
         runs.atomic_write_json(out / runs.META, meta)
-        _finish_replace(out, Path(replaces))
+        runs.replace_dir(out, Path(replaces))
         out = Path(replaces)
     else:
         runs.atomic_write_json(out / runs.META, meta)

@@ -10,35 +10,15 @@ import torch
 from metactl.algorithms.imaml import IMAML, IMAMLConfig, proximal_inner_loop
 from metactl.algorithms.maml import maml_meta_gradient
 from metactl.api import Learner, Params, TaskBatch
-from metactl.models import MLP, Conv4
+from tests import test_maml as maml_tests
 
 
 def tiny_learner(kind: str, lr: float = 0.1) -> Learner:
-    torch.manual_seed(0)
-    if kind == "conv":
-        model = Conv4(num_classes=3, in_channels=1, image_size=16, width=2).double()
-        task = "classification"
-    else:
-        model = MLP(1, 1, (3,)).double()  # 1-3-1: 10 parameters
-        task = "regression"
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
-    # distinct per-layer rates, so a bug that mixes layers up shows
-    inner = {k: torch.tensor(lr * (1 + 0.1 * i), dtype=torch.float64, requires_grad=True) for i, k in enumerate(params)}
-    return Learner(model, params, inner, task)
+    return maml_tests.tiny_learner(kind, lr, hidden=(3,))  # the MLP is 1-3-1: 10 parameters
 
 
 def tiny_batch(kind: str, tasks: int = 2) -> TaskBatch:
-    g = torch.Generator().manual_seed(1)
-    if kind == "conv":
-        sx = torch.rand(tasks, 6, 1, 16, 16, generator=g, dtype=torch.float64)
-        qx = torch.rand(tasks, 9, 1, 16, 16, generator=g, dtype=torch.float64)
-        sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(tasks, 1)
-        qy = torch.tensor([0, 1, 2] * 3).repeat(tasks, 1)
-    else:
-        sx = torch.rand(tasks, 5, 1, generator=g, dtype=torch.float64) * 4 - 2
-        qx = torch.rand(tasks, 7, 1, generator=g, dtype=torch.float64) * 4 - 2
-        sy, qy = torch.sin(sx), torch.sin(qx)
-    return TaskBatch(sx, sy, qx, qy)
+    return maml_tests.tiny_batch(kind, tasks, x_range=2.0)
 
 
 def make(steps: int, **config: float) -> IMAML:

@@ -11,13 +11,13 @@ from metactl.inner import inner_loop
 from metactl.models import MLP, Conv4
 
 
-def tiny_learner(kind: str, lr: float = 0.3) -> Learner:
+def tiny_learner(kind: str, lr: float = 0.3, hidden: tuple[int, ...] = (5, 5)) -> Learner:
     torch.manual_seed(0)
     if kind == "conv":
         model = Conv4(num_classes=3, in_channels=1, image_size=16, width=2).double()
         task = "classification"
     else:
-        model = MLP(1, 1, (5, 5)).double()
+        model = MLP(1, 1, hidden).double()
         task = "regression"
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     # distinct per-layer rates, so a bug that mixes layers up shows
@@ -25,7 +25,7 @@ def tiny_learner(kind: str, lr: float = 0.3) -> Learner:
     return Learner(model, params, inner, task)
 
 
-def tiny_batch(kind: str, tasks: int = 2) -> TaskBatch:
+def tiny_batch(kind: str, tasks: int = 2, x_range: float = 5.0) -> TaskBatch:
     g = torch.Generator().manual_seed(1)
     if kind == "conv":
         sx = torch.rand(tasks, 6, 1, 16, 16, generator=g, dtype=torch.float64)
@@ -33,8 +33,8 @@ def tiny_batch(kind: str, tasks: int = 2) -> TaskBatch:
         sy = torch.tensor([0, 0, 1, 1, 2, 2]).repeat(tasks, 1)
         qy = torch.tensor([0, 1, 2] * 3).repeat(tasks, 1)
     else:
-        sx = torch.rand(tasks, 5, 1, generator=g, dtype=torch.float64) * 10 - 5
-        qx = torch.rand(tasks, 7, 1, generator=g, dtype=torch.float64) * 10 - 5
+        sx = torch.rand(tasks, 5, 1, generator=g, dtype=torch.float64) * (2 * x_range) - x_range
+        qx = torch.rand(tasks, 7, 1, generator=g, dtype=torch.float64) * (2 * x_range) - x_range
         sy, qy = torch.sin(sx), torch.sin(qx)
     return TaskBatch(sx, sy, qx, qy)
 
