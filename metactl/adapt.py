@@ -48,15 +48,20 @@ class AdaptResult:
     seconds: float = 0.0
 
 
-def _with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, dict[str, Any]]:
+def with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, dict[str, Any]]:
     if n == int(spec["num_classes"]):
         return learner, spec
     spec = {**spec, "num_classes": n}
-    model = build_model(spec)
+    device = next(iter(learner.params.values())).device
+    model = build_model(spec).to(device)
     params = dict(learner.params)
+    lr = dict(learner.inner_lr)
     for name in learner.head:
         params[name] = torch.zeros_like(dict(model.named_parameters())[name]).requires_grad_(True)
-    return Learner(model, params, learner.inner_lr, learner.task, learner.head), spec
+        a = lr.get(name)
+        if a is not None and a.dim() > int(learner.per_step_lr):  # element-wise α (Meta-SGD) is per old class: use its mean per step
+            lr[name] = a.flatten(int(learner.per_step_lr)).mean(-1).detach()
+    return Learner(model, params, lr, learner.task, learner.head, learner.extra, learner.per_step_lr), spec
 
 
 def norm_statistics(model: nn.Module, params: Params, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -133,7 +138,9 @@ def adapt(
     query: Path | None = None,
     out: Path = Path("adapted"),
     force: bool = False,
+    device: str = "cpu",
 ) -> AdaptResult:
+    """Adapt on ``device`` (the inner loop); the adapted model is built, checked and saved on the CPU."""
     import json
     import time
 
@@ -146,8 +153,11 @@ def adapt(
     t0 = time.perf_counter()
     if out.exists() and not force:  # fail before any work
         raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    from metactl.perf import check_device
+
+    check_device(device)
     run = run or runs.latest_run()
-    meta, learner = load_run(run)
+    meta, learner = load_run(run, device)
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
         raise MetactlError(f"{run}: adapt needs an image classification run (this one is {meta.get('task')}).", "Meta-train on image data.")
     # the model expects ink = 255; whether the user's files need inverting is read off the support folder
@@ -163,14 +173,16 @@ def adapt(
         raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
     algo_cls = load_algorithm(meta["algorithm"]["name"])
     algo = algo_cls(make_config(algo_cls, meta["algorithm"].get("config", {})), cfg)
-    learner, spec = _with_head(learner, meta["model"], len(data.labels))
+    learner, spec = with_head(learner, meta["model"], len(data.labels))
     sx, sy = to_input(data.images), torch.from_numpy(data.targets)
-    trajectory = algo.adapt(learner, sx, sy, k)
+    dx, dy = sx.to(device), sy.to(device)
+    trajectory = algo.adapt(learner, dx, dy, k)
     with torch.no_grad():
-        losses = [float(learner.loss(learner.forward(p, sx), sy)) for p in trajectory]
+        losses = [float(learner.loss(learner.forward(p, dx), dy)) for p in trajectory]
     phi = trajectory[-1]
     tensors = {k2: v.detach() for k2, v in phi.items()}
-    tensors.update(norm_statistics(learner.model, phi, sx))
+    tensors.update(norm_statistics(learner.model, phi, dx))
+    tensors = {k2: v.cpu() for k2, v in tensors.items()}
     model = deployable(spec, tensors)
     with torch.no_grad():
         support_acc = float((model(sx).argmax(-1) == sy).float().mean())

@@ -48,6 +48,7 @@ class Learner:
     head: tuple[str, ...] = ("head.weight", "head.bias")
     extra: Params = field(default_factory=dict)  # outer-loop parameters an algorithm owns (not part of θ)
     per_step_lr: bool = False  # α[name] has one entry per inner step (MAML++ LSLR); steps past the end reuse the last
+    precision: str = "fp32"  # "bf16": forward passes under CPU/CUDA autocast, outputs returned as float32
 
     def lr(self, name: str, step: int = 0) -> Tensor:
         """α for parameter ``name`` at inner step ``step``."""
@@ -55,11 +56,18 @@ class Learner:
         return a[min(step, a.shape[0] - 1)] if self.per_step_lr else a
 
     def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return functional_call(self.model, params, (x,), {"ref": ref}).float()
         return functional_call(self.model, params, (x,), {"ref": ref})
 
     def features(self, params: Params, x: Tensor, ref: int | None = None, tasks: int = 1) -> Tensor:
         """The body's output (no head); ``tasks`` > 1 normalises each task-major block on its own."""
-        return functional_call(self.model, params, (x,), {"ref": ref, "tasks": tasks, "return_features": True})
+        kwargs = {"ref": ref, "tasks": tasks, "return_features": True}
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return functional_call(self.model, params, (x,), kwargs).float()
+        return functional_call(self.model, params, (x,), kwargs)
 
     def head_forward(self, head: Params, features: Tensor) -> Tensor:
         return F.linear(features, head[self.head[0]], head[self.head[1]])

@@ -21,7 +21,8 @@ class TrainConfig:
     """Everything ``metactl meta-train`` needs; recorded in the run's ``metactl.json``."""
 
     algo: str = "maml"  # algorithm name in the metactl.algorithms entry-point group
-    data: str = "glyphs"  # glyphs | sinusoid | folder | .zip | omniglot:PATH
+    data: str = "glyphs"  # glyphs | sinusoid | folder | .zip | omniglot:DIR
+    protocol: str = "lake"  # omniglot:DIR split: lake (background -> evaluation) | vinyals (1200 -> 423 characters)
     ways: int = 5  # N classes per episode (ignored for sinusoid)
     shots: int = 1  # K support examples per class (sinusoid: K points)
     query_shots: int = 15  # queries per class (sinusoid: query points)
@@ -43,6 +44,8 @@ class TrainConfig:
     val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
     width: int = 64  # Conv-4 filters per layer / MLP hidden width
     threads: int | None = None  # torch intra-op threads; None = all cores
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
+    checkpoint_inner: bool = False  # recompute each inner step's activations in the backward pass (memory flat in inner steps)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
     def __post_init__(self) -> None:
@@ -88,6 +91,10 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append(f"threads must be >= 1 (got {cfg.threads})")
     if not isinstance(cfg.algo_options, dict):
         p.append("algo-options must be a table")
+    if cfg.precision not in ("fp32", "bf16"):
+        p.append(f"precision must be 'fp32' or 'bf16' (got {cfg.precision!r})")
+    if cfg.protocol not in ("lake", "vinyals"):
+        p.append(f"protocol must be 'lake' or 'vinyals' (got {cfg.protocol!r})")
     if cfg.data == "sinusoid" and cfg.rotations:
         p.append("rotations apply to image data, not to sinusoid")
     return p

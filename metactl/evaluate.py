@@ -36,7 +36,9 @@ def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: in
     done = 0
     while done < episodes:
         n = min(chunk, episodes - done)
-        batch = to_batch(sampler.sample(episode_rng(seed, done // chunk, EVAL_STREAM), n), device)
+        fixed = getattr(sampler, "episodes", None)  # a fixed set (Lake's one-shot runs) is not sampled
+        ep = fixed(done, n) if fixed is not None else sampler.sample(episode_rng(seed, done // chunk, EVAL_STREAM), n)
+        batch = to_batch(ep, device)
         for i in range(n):
             sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
             trajectory = algo.adapt(learner, sx, sy, steps)
@@ -53,11 +55,12 @@ def summarise(values: np.ndarray) -> list[dict[str, float]]:
     return [{"step": k, "mean": float(values[:, k].mean()), "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1)))} for k in range(values.shape[1])]
 
 
-def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int) -> Any:
-    """Episodes from classes the run never trained on: ``data`` (all its classes) or the run's split."""
+def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None) -> Any:
+    """Episodes from classes the run never trained on: ``data`` (all its classes, or an Omniglot
+    protocol's test characters) or, without ``data``, the run's own held-out classes."""
     from pathlib import Path
 
-    from metactl.data import glyphs
+    from metactl.data import glyphs, omniglot
     from metactl.data.episodes import ClassificationEpisodes, SinusoidEpisodes
     from metactl.data.folder import detect_invert, load_folder
     from metactl.data.images import default_preprocessing
@@ -67,19 +70,36 @@ def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: 
         if data not in (None, "sinusoid"):
             raise MetactlError(f"--data {data}: this run is a sinusoid regression run.", "Drop --data or use --data sinusoid.")
         return SinusoidEpisodes(shots, queries)
-    spec = data if data is not None else meta["data"].get("path") if meta["data"].get("kind") == "folder" else "glyphs"
+    recorded = meta["data"]
+    if data is None:
+        if recorded.get("kind") == "omniglot":  # the protocol's test characters
+            data, protocol = f"omniglot:{recorded['path']}", protocol or recorded.get("protocol", "lake")
+        elif recorded.get("kind") == "folder":
+            data = recorded["path"]
+        else:
+            data = "glyphs"
+    spec = data
     if spec == "glyphs":
         pool: Any = glyphs.GlyphPool(*glyphs.TEST)
         return ClassificationEpisodes(pool, ways, shots, queries, "glyph test")
     if spec == "sinusoid":
         raise MetactlError("--data sinusoid: this run is a classification run.", "Use image data.")
-    path = Path(spec.split(":", 1)[1] if spec.startswith("omniglot:") else spec).expanduser()
-    if not path.exists():
-        raise MetactlError(f"--data {spec}: no such folder or file.", "Pass a folder of class folders or a .zip of one.")
     prep = dict(meta.get("preprocessing") or default_preprocessing())
+    kind, _, rest = spec.partition(":")
+    path = Path(rest if kind in ("omniglot", "oneshot") and rest else spec).expanduser()
+    if not path.exists():
+        raise MetactlError(f"--data {spec}: no such folder or file.", "Pass a folder of class folders, a .zip of one, omniglot:DIR or oneshot:PATH.")
+    if kind == "oneshot":
+        prep["invert"] = True
+        return omniglot.oneshot_runs(path, prep)
+    if kind == "omniglot" and omniglot.find_parts(path) is not None:
+        prep["invert"] = True
+        proto = protocol or "lake"
+        test = omniglot.protocol_pools(omniglot.Omniglot(path, prep), proto, ("test",))["test"]
+        return ClassificationEpisodes(test, ways, shots, queries, f"Omniglot {proto} test")
     prep["invert"] = detect_invert(path)
     pool = load_folder(path, prep)
-    if data is None:  # the run's own held-out validation classes
+    if data == recorded.get("path") and "val" in meta.get("split", {}):  # the run's own held-out validation classes
         names = set(meta["split"]["val"])
         pool = pool.subset([i for i, n in enumerate(pool.names()) if n in names])
     return ClassificationEpisodes(pool, ways, shots, queries, "evaluation")
@@ -95,13 +115,15 @@ def evaluate_runs(
     steps: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    protocol: str | None = None,
 ) -> list[dict[str, Any]]:
     """Adaptation curves of several runs on the same held-out episodes."""
     from metactl.config import TrainConfig
-    from metactl.perf import tune_malloc
+    from metactl.perf import check_device, tune_malloc
     from metactl.registry import load_algorithm, make_config
     from metactl.train import load_run
 
+    check_device(device)
     tune_malloc()
     results = []
     for run in run_dirs:
@@ -109,19 +131,24 @@ def evaluate_runs(
         cfg = TrainConfig(**meta["config"])
         algo_cls = load_algorithm(meta["algorithm"]["name"])
         algo = algo_cls(make_config(algo_cls, meta["algorithm"].get("config", {})), cfg)
-        n = ways or cfg.ways
-        if learner.task == "classification" and n != cfg.ways:
-            from metactl.errors import MetactlError
-
-            raise MetactlError(f"--ways {n}: run {run} was trained {cfg.ways}-way.", "Evaluate with the run's --ways.")
         k = steps if steps is not None else cfg.test_inner_steps
-        sampler = _held_out_sampler(meta, data, n, shots or cfg.shots, queries)
-        values = adaptation_curve(algo, learner, sampler, episodes, k, seed, device)
+        sampler = _held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol)
+        n = getattr(sampler, "ways", ways or cfg.ways)
+        if learner.task == "classification" and n != cfg.ways:
+            # N' != N: a zero-initialised head, exactly as ``metactl adapt`` starts one
+            from metactl.adapt import with_head
+
+            learner, _ = with_head(learner, meta["model"], n)
+        count = len(sampler) if hasattr(sampler, "episodes") else episodes
+        values = adaptation_curve(algo, learner, sampler, count, k, seed, device)
         results.append(
             {
                 "run": str(run),
                 "algorithm": cfg.algo,
                 "metric": "accuracy" if learner.task == "classification" else "mse",
+                "ways": n if learner.task == "classification" else None,
+                "episodes": count,
+                "head": "meta-learned" if learner.task != "classification" or n == cfg.ways else "zero-initialised",
                 "steps": summarise(values),
             }
         )

@@ -39,3 +39,20 @@ def tune_malloc() -> bool:
     ok &= bool(mallopt(M_TOP_PAD, 64 * 1024 * 1024))
     _done = ok
     return ok
+
+
+def check_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, usable here; a MetactlError saying what to do otherwise."""
+    from metactl.errors import MetactlError
+
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise MetactlError(f"--device {device}: unknown device.", "Use cpu, cuda or cuda:N.")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MetactlError(f"--device {device}: no CUDA device is available to torch here.", "Use --device cpu (or install a CUDA build of torch).")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise MetactlError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.", "Pick an existing device index.")
+    return device

@@ -103,7 +103,7 @@ def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device
         lr = {k: torch.full((max(1, cfg.inner_steps),), float(cfg.inner_lr), device=device).requires_grad_(cfg.learn_inner_lr) for k in params}
     else:
         lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
-    return Learner(model, params, lr, task, per_step_lr=inner_lr_shape == "step")
+    return Learner(model, params, lr, task, per_step_lr=inner_lr_shape == "step", precision=cfg.precision)
 
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from metactl.api import Learner, Params, TaskBatch
 from metactl.inner import adapt_trajectory, inner_step
@@ -60,10 +61,27 @@ def msl_weights(steps: int, progress: float, anneal: float) -> list[float]:
     return [*early, 1.0 - sum(early)]
 
 
-def maml_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, second_order: bool, step_weights: list[float] | None = None) -> dict[str, float]:
+def _checkpointed_step(learner: Learner, phi: Params, sx: Tensor, sy: Tensor, second_order: bool, k: int) -> Params:
+    """One inner step whose activations are not kept: the backward pass recomputes them
+    (non-reentrant ``torch.utils.checkpoint``, which supports the ``autograd.grad`` inside and the
+    double backward through it). Memory then holds only ϕₖ per step, not step k's graph."""
+    names = list(phi)
+
+    def step(*values: Tensor) -> tuple[Tensor, ...]:
+        new, _ = inner_step(learner, dict(zip(names, values, strict=True)), sx, sy, second_order=second_order, step=k)
+        return tuple(new[n] for n in names)
+
+    out = checkpoint(step, *[phi[n] for n in names], use_reentrant=False, preserve_rng_state=False)
+    return dict(zip(names, out, strict=True))
+
+
+def maml_meta_gradient(
+    learner: Learner, batch: TaskBatch, steps: int, second_order: bool, step_weights: list[float] | None = None, checkpoint_inner: bool = False
+) -> dict[str, float]:
     """Per-task loop (DESIGN §5): adapt, take the query loss at ϕᵢ, backpropagate it / B.
 
     ``step_weights`` (length ``steps``): the outer loss is Σₖ wₖ L_query(ϕₖ) instead of L_query(ϕ_K).
+    ``checkpoint_inner``: recompute each inner step in the backward pass instead of storing it.
     """
     b = len(batch)
     total_loss = 0.0
@@ -73,7 +91,10 @@ def maml_meta_gradient(learner: Learner, batch: TaskBatch, steps: int, second_or
         phi = learner.params
         objective = torch.zeros(())
         for k in range(steps):
-            phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order, step=k)
+            if checkpoint_inner:
+                phi = _checkpointed_step(learner, phi, sx, sy, second_order, k)
+            else:
+                phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order, step=k)
             if step_weights is not None and step_weights[k] > 0 and k < steps - 1:
                 objective = objective + step_weights[k] * learner.loss(learner.predict_query(phi, sx, qx), qy)
         out = learner.predict_query(phi, sx, qx)
@@ -98,12 +119,13 @@ class MAML:
         self.total_steps = int(train.steps)
         self.progress = 0.0  # set by the trainer before each meta-step: fraction of training done
         self.inner_lr_shape = "step" if config.per_step_inner_lr else "layer"
+        self.checkpoint_inner = bool(getattr(train, "checkpoint_inner", False))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         outer_step = round(self.progress * self.total_steps)
         second_order = not self.config.first_order and outer_step >= self.config.second_order_after
         weights = msl_weights(self.inner_steps, self.progress, self.config.msl_anneal) if self.config.multi_step_loss else None
-        return maml_meta_gradient(learner, batch, self.inner_steps, second_order, weights)
+        return maml_meta_gradient(learner, batch, self.inner_steps, second_order, weights, self.checkpoint_inner)
 
     def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

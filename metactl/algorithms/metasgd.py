@@ -38,9 +38,10 @@ class MetaSGD:
     def __init__(self, config: MetaSGDConfig, train: Any) -> None:
         self.config = config
         self.inner_steps = int(train.inner_steps)
+        self.checkpoint_inner = bool(getattr(train, "checkpoint_inner", False))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        return maml_meta_gradient(learner, batch, self.inner_steps, second_order=not self.config.first_order)
+        return maml_meta_gradient(learner, batch, self.inner_steps, second_order=not self.config.first_order, checkpoint_inner=self.checkpoint_inner)
 
     def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

@@ -21,11 +21,12 @@ def adapt(
     out: Path = typer.Option(Path("adapted"), "--out", help="Where to write the adapted model."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (where the inner loop runs; the model is saved for CPU serving)."),
 ) -> None:
     """Adapt a meta-trained run to your examples with its learned per-layer learning rates."""
     from metactl.adapt import adapt as run_adapt
 
-    result = run_adapt(support, from_, steps, query, out, force)
+    result = run_adapt(support, from_, steps, query, out, force, device)
     summary = {
         "out": str(result.out), "labels": result.labels, "support_losses": result.support_losses,
         "support_accuracy": result.support_accuracy, "query_accuracy": result.query_accuracy,

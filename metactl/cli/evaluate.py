@@ -14,7 +14,11 @@ from metactl.cli.common import console, handle_errors
 @handle_errors
 def evaluate(
     from_: list[Path] = typer.Option(None, "--from", help="Run dir(s) to compare. [default: newest under ./runs]"),
-    data: str = typer.Option(None, help="Held-out data (e.g. images_evaluation.zip). [default: the run's own held-out classes]"),
+    data: str = typer.Option(
+        None,
+        help="FOLDER | FILE.zip | omniglot:DIR (the protocol's test characters) | oneshot:PATH (Lake's 20 runs). [default: the run's held-out classes]",
+    ),
+    protocol: str = typer.Option(None, help="Test split of omniglot:DIR: lake | vinyals. [default: the run's, else lake]"),
     ways: int = typer.Option(None, help="N. [default: the run's]"),
     shots: int = typer.Option(None, help="K. [default: the run's]"),
     query_shots: int = typer.Option(15, help="Queries per class."),
@@ -23,27 +27,56 @@ def evaluate(
     seed: int = typer.Option(0, help="Episode seed."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     json_file: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    plot: Path = typer.Option(None, "--plot", help="Write the adaptation curves as a PNG (needs the plot extra)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """Evaluate runs on episodes from classes never seen in meta-training."""
     from metactl.errors import MetactlError
 
     if episodes < 1:
         raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
+    if protocol is not None and protocol not in ("lake", "vinyals"):
+        raise MetactlError(f"--protocol {protocol}: unknown.", "Use lake or vinyals.")
+    for target in (json_file, plot):
+        if target is not None and target.exists() and not force:
+            raise MetactlError(f"{target} already exists.", "Choose another file name, or pass --force to overwrite it.")
+    if plot is not None:
+        from metactl.plot import _pyplot
+
+        if plot.suffix.lower() != ".png":
+            raise MetactlError(f"--plot {plot}: the plot is written as PNG.", "Give a file name ending in .png.")
+        _pyplot()  # fail before the evaluation, not after it
     from metactl.evaluate import evaluate_runs
     from metactl.runs import atomic_write_json, latest_run
 
     run_dirs = list(from_) if from_ else [latest_run()]
     with console.status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes"):
-        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device)
-    table = Table(title=f"{results[0]['metric']} after k inner steps (mean ± 95 % CI, {episodes} episodes)")
+        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol)
+    first = results[0]
+    setting = f"{first['ways']}-way, " if first.get("ways") else ""
+    metric = "accuracy (%)" if first["metric"] == "accuracy" else first["metric"].upper()
+    title = f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} episodes)"
+    table = Table(title=title)
     table.add_column("run")
     table.add_column("algorithm")
     width = max(len(r["steps"]) for r in results)
     for k in range(width):
         table.add_column(f"step {k}", justify="right")
     for r in results:
-        table.add_row(escape(Path(r["run"]).name), escape(r["algorithm"]), *[f"{s['mean']:.4f} ± {s['ci95']:.4f}" for s in r["steps"]])
+        if r["metric"] == "accuracy":
+            cells = [f"{100 * s['mean']:.1f} ± {100 * s['ci95']:.1f}" for s in r["steps"]]
+        else:
+            cells = [f"{s['mean']:.3f} ± {s['ci95']:.3f}" for s in r["steps"]]
+        table.add_row(escape(Path(r["run"]).name), escape(r["algorithm"]), *cells)
     console.print(table)
+    for r in results:
+        if r.get("head") == "zero-initialised":
+            console.print(f"[dim]{escape(Path(r['run']).name)}: trained with another N, so its head starts at zero (as metactl adapt does).[/]")
     if json_file:
-        atomic_write_json(json_file, {"episodes": episodes, "seed": seed, "data": data, "runs": results})
+        atomic_write_json(json_file, {"episodes": first["episodes"], "seed": seed, "data": data, "protocol": protocol, "runs": results})
         console.print(f"Results written to [bold]{escape(str(json_file))}[/]")
+    if plot:
+        from metactl.plot import plot_curves
+
+        plot_curves(results, plot, title)
+        console.print(f"Plot written to [bold]{escape(str(plot))}[/]")

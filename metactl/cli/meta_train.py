@@ -17,7 +17,8 @@ from metactl.cli.common import console, handle_errors
 @handle_errors
 def meta_train(
     algo: str = typer.Option(None, help="Algorithm (see `metactl algorithms`). [default: maml]"),
-    data: str = typer.Option(None, help="glyphs | sinusoid | FOLDER | FILE.zip | omniglot:PATH. [default: glyphs]"),
+    data: str = typer.Option(None, help="glyphs | sinusoid | FOLDER | FILE.zip | omniglot:DIR (the official archives). [default: glyphs]"),
+    protocol: str = typer.Option(None, help="Split of omniglot:DIR: lake (background -> evaluation) | vinyals (1200 -> 423 characters). [default: lake]"),
     ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
     shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),
     query_shots: int = typer.Option(None, help="Query examples per class. [default: 15]"),
@@ -38,6 +39,12 @@ def meta_train(
     rotations: bool = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270° rotations as new classes. [default: off]"),
     width: int = typer.Option(None, help="Conv-4 filters / MLP hidden width. [default: 64]"),
     threads: int = typer.Option(None, help="torch threads. [default: all cores]"),
+    precision: str = typer.Option(None, help="fp32 | bf16 (autocast forward passes; weights and optimizer stay fp32). [default: fp32]"),
+    checkpoint_inner: bool = typer.Option(
+        None,
+        "--checkpoint-inner/--no-checkpoint-inner",
+        help="Recompute inner-step activations in the backward pass: memory flat in --inner-steps. [default: off]",
+    ),
     config: Path = typer.Option(None, "--config", help="TOML file with the same keys as these flags; flags override it."),
     out: Path = typer.Option(None, "--out", help="Run directory. [default: runs/ALGO-DATA-NwKs-TIMESTAMP]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -53,10 +60,11 @@ def meta_train(
         raise MetactlError("--resume and --force contradict each other (continue the run, or replace it?).", "Pass only one of them.")
 
     flags = dict(
-        algo=algo, data=data, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
+        algo=algo, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
         test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
         meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
         eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, max_bad_steps=max_bad_steps, rotations=rotations, width=width, threads=threads,
+        precision=precision, checkpoint_inner=checkpoint_inner,
     )  # fmt: skip
     file_values = load_toml(config) if config else {}
     if resume and out is not None and (out / "metactl.json").is_file():

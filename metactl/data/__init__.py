@@ -1,7 +1,8 @@
 """Task sources: turn ``--data SPEC`` into training/validation episode samplers.
 
 ``glyphs`` (built-in, default), ``sinusoid`` (built-in regression), a folder of class folders or
-a ``.zip`` of one (``omniglot:PATH`` names the same explicitly).
+a ``.zip`` of one, or ``omniglot:DIR`` (the official Omniglot archives, split by ``protocol``:
+see :mod:`metactl.data.omniglot`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from metactl.data import glyphs
+from metactl.data import glyphs, omniglot
 from metactl.data.episodes import ClassificationEpisodes, ClassPool, Sampler, SinusoidEpisodes
 from metactl.data.folder import ArrayPool, detect_invert, load_folder
 from metactl.data.images import default_preprocessing
@@ -84,6 +85,10 @@ def open_data(cfg: Any, progress: Callable[[int, int], None] | None = None) -> T
             },
         )
     path = Path(spec[len("omniglot:") :] if spec.startswith("omniglot:") else spec).expanduser()
+    if spec.startswith("oneshot:"):
+        raise MetactlError(f"--data {spec}: Lake's one-shot runs are a test set.", "Use them with metactl evaluate --data oneshot:PATH.")
+    if spec.startswith("omniglot:") and path.is_dir() and omniglot.find_parts(path) is not None:
+        return _open_omniglot(cfg, path, progress)
     if not path.exists():
         raise MetactlError(
             f"--data {spec}: no such folder or file.",
@@ -105,6 +110,29 @@ def open_data(cfg: Any, progress: Callable[[int, int], None] | None = None) -> T
         model_spec=_conv_spec(cfg.ways, cfg.width),
         preprocessing=prep,
         split={"train": [names[i] for i in train_ids], "val": [names[i] for i in val_ids]},
+    )
+
+
+def _open_omniglot(cfg: Any, root: Path, progress: Callable[[int, int], None] | None) -> TaskData:
+    prep = default_preprocessing(28, invert=True)
+    data = omniglot.Omniglot(root, prep, progress)
+    pools = omniglot.protocol_pools(data, cfg.protocol, ("train", "val"), cfg.val_classes, cfg.seed)
+    train_pool: ClassPool = pools["train"]
+    if cfg.rotations:
+        train_pool = RotatedPool(train_pool)
+    return TaskData(
+        kind="classification",
+        spec={"kind": "omniglot", "path": str(root.resolve()), **omniglot.describe(pools, cfg.protocol)},
+        train=ClassificationEpisodes(train_pool, cfg.ways, cfg.shots, cfg.query_shots),
+        val=ClassificationEpisodes(pools["val"], cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+        model_spec=_conv_spec(cfg.ways, cfg.width),
+        preprocessing=prep,
+        split={
+            "protocol": cfg.protocol,
+            "train": f"{pools['train'].num_classes} characters",
+            "val": pools["val"].names(),
+            "test": omniglot.TEST_SETS[cfg.protocol],
+        },
     )
 
 

@@ -1,0 +1,193 @@
+"""Evaluation: Omniglot protocols, Lake's one-shot runs, N' != N, --plot, presets."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from metactl.cli import app
+from metactl.config import load_toml, resolve
+from metactl.data import omniglot
+from metactl.data.images import default_preprocessing
+from metactl.registry import load_algorithm, make_config
+
+runner = CliRunner()
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+TINY = ["--steps", "2", "--meta-batch", "2", "--eval-every", "0", "--width", "8", "--query-shots", "2", "--threads", "1", "--ways", "3"]
+
+# (official id, part, alphabet): ids straddle the Vinyals boundary 1200 and include one Vinyals validation alphabet
+CHARS = [(1, "images_background", "Latin"), (2, "images_background", "Latin"), (3, "images_background", "Latin"), (4, "images_background", "Latin"),
+         (27, "images_background", "Armenian"), (28, "images_background", "Armenian"), (29, "images_background", "Armenian"),
+         (965, "images_evaluation", "Angelic"), (966, "images_evaluation", "Angelic"), (1200, "images_evaluation", "Gurmukhi"),
+         (1201, "images_evaluation", "Gurmukhi"), (1202, "images_evaluation", "Gurmukhi"), (1203, "images_evaluation", "Kannada"),
+         (1204, "images_evaluation", "Kannada")]  # fmt: skip
+
+
+def _png(rng: np.random.Generator, size: int = 24) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.where(rng.random((size, size)) > 0.8, 0, 255).astype(np.uint8)).convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_omniglot(root: Path, drawings: int = 4) -> Path:
+    """The official layout: images_{background,evaluation}.zip of <part>/<Alphabet>/characterNN/XXXX_YY.png."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for part in omniglot.PARTS:
+        with zipfile.ZipFile(root / f"{part}.zip", "w") as zf:
+            for cid, p, alpha in CHARS:
+                if p == part:
+                    for d in range(drawings):
+                        zf.writestr(f"{part}/{alpha}/character{cid % 100:02d}/{cid:04d}_{d + 1:02d}.png", _png(rng))
+    return root
+
+
+def fake_oneshot(path: Path, runs: int = 2, classes: int = 3) -> tuple[Path, list[list[int]]]:
+    rng = np.random.default_rng(1)
+    labels = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for r in range(1, runs + 1):
+            perm = [int(i) for i in rng.permutation(classes)]
+            labels.append(perm)
+            lines = []
+            for c in range(classes):
+                zf.writestr(f"run{r:02d}/training/class{c + 1:02d}.png", _png(rng))
+                zf.writestr(f"run{r:02d}/test/item{c + 1:02d}.png", _png(rng))
+                lines.append(f"run{r:02d}/test/item{c + 1:02d}.png run{r:02d}/training/class{perm[c] + 1:02d}.png")
+            zf.writestr(f"run{r:02d}/class_labels.txt", "\n".join(lines) + "\n")
+    return path, labels
+
+
+def _ids(pool: omniglot.ArrayPool) -> list[int]:
+    return [int(n.split(" ", 1)[0]) for n in pool.names()]
+
+
+def test_protocol_splits(tmp_path: Path) -> None:
+    data = omniglot.Omniglot(fake_omniglot(tmp_path / "omni"), default_preprocessing(28, True))
+    lake = omniglot.protocol_pools(data, "lake", ("train", "val", "test"), val_fraction=0.3, seed=0)
+    assert sorted(_ids(lake["train"]) + _ids(lake["val"])) == [1, 2, 3, 4, 27, 28, 29]
+    assert set(_ids(lake["train"])).isdisjoint(_ids(lake["val"])) and lake["val"].num_classes == 2
+    assert _ids(lake["test"]) == [965, 966, 1200, 1201, 1202, 1203, 1204]
+    vin = omniglot.protocol_pools(data, "vinyals", ("train", "val", "test"))
+    assert _ids(vin["train"]) == [1, 2, 3, 4, 965, 966, 1200]
+    assert _ids(vin["val"]) == [27, 28, 29]  # Armenian is a Vinyals validation alphabet
+    assert _ids(vin["test"]) == [1201, 1202, 1203, 1204]
+    assert vin["test"].get(0).shape == (4, 28, 28) and vin["test"].get(0).dtype == np.uint8
+
+
+def test_omniglot_needs_the_official_files(tmp_path: Path) -> None:
+    root = tmp_path / "x"
+    for part in omniglot.PARTS:  # the right folder names, but files not named XXXX_YY.png
+        for c in range(3):
+            d = root / part / "Alpha" / f"character{c:02d}"
+            d.mkdir(parents=True)
+            for i in range(3):
+                (d / f"img{i}.png").write_bytes(_png(np.random.default_rng(i)))
+    result = runner.invoke(app, ["meta-train", "--data", f"omniglot:{root}", *TINY, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "XXXX_YY.png" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_meta_train_and_evaluate_on_the_protocols_test_characters(tmp_path: Path) -> None:
+    root = fake_omniglot(tmp_path / "omni", drawings=5)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["meta-train", "--data", f"omniglot:{root}", "--protocol", "vinyals", *TINY, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "metactl.json").read_text())
+    assert meta["data"]["kind"] == "omniglot" and meta["data"]["protocol"] == "vinyals"
+    assert meta["data"]["train"]["characters"] == 7 and meta["data"]["val"]["characters"] == 3
+    from metactl.evaluate import _held_out_sampler
+
+    sampler = _held_out_sampler(meta, None, 3, 1, 2)
+    assert _ids(sampler.pool) == [1201, 1202, 1203, 1204]  # default: the run's protocol's test set
+    sampler = _held_out_sampler(meta, f"omniglot:{root}", 3, 1, 2, "lake")
+    assert _ids(sampler.pool) == [965, 966, 1200, 1201, 1202, 1203, 1204]
+    js = tmp_path / "e.json"
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--episodes", "3", "--steps", "1", "--shots", "1", "--query-shots", "3", "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(js.read_text())
+    assert out["runs"][0]["algorithm"] == "maml" and [s["step"] for s in out["runs"][0]["steps"]] == [0, 1]
+
+
+def test_oneshot_runs_reader(tmp_path: Path) -> None:
+    _, labels = fake_oneshot(tmp_path / "all_runs.zip")
+    runs = omniglot.oneshot_runs(tmp_path, default_preprocessing(28, True))  # the folder holding it works too
+    assert len(runs) == 2 and runs.ways == 3 and runs.shots == 1
+    b = runs.batch
+    assert b.support_x.shape == (2, 3, 1, 28, 28) and b.query_x.shape == (2, 3, 1, 28, 28)
+    assert b.query_y.tolist() == labels and b.support_y.tolist() == [[0, 1, 2]] * 2
+
+
+def test_evaluate_oneshot_runs_with_another_way_count(tmp_path: Path, image_folder: Path) -> None:
+    """A 3-way run evaluated on 4-way runs: a zero head, so step 0 predicts label 0 for every query."""
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["meta-train", "--data", str(image_folder), *TINY, "--out", str(run)]).exit_code == 0
+    path, _ = fake_oneshot(tmp_path / "all_runs.zip", runs=3, classes=4)
+    js = tmp_path / "e.json"
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--data", f"oneshot:{path}", "--steps", "2", "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(js.read_text())["runs"][0]
+    assert r["episodes"] == 3 and r["ways"] == 4 and r["head"] == "zero-initialised"
+    assert r["steps"][0]["mean"] == pytest.approx(0.25)
+
+
+def test_metasgd_element_lr_with_another_way_count(tmp_path: Path, image_folder: Path) -> None:
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["meta-train", "--algo", "metasgd", "--data", str(image_folder), *TINY, "--out", str(run)]).exit_code == 0
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--data", str(image_folder), "--ways", "4", "--episodes", "2", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+
+
+def test_plot_written_and_clear_message_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["meta-train", *TINY, "--out", str(run)]).exit_code == 0
+    png = tmp_path / "curves.png"
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--from", str(run), "--episodes", "2", "--steps", "2", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    again = runner.invoke(app, ["evaluate", "--from", str(run), "--episodes", "2", "--plot", str(png)])
+    assert again.exit_code == 1 and "--force" in again.output
+    bad = runner.invoke(app, ["evaluate", "--from", str(run), "--episodes", "2", "--plot", str(tmp_path / "c.jpg")])
+    assert bad.exit_code == 1 and ".png" in bad.output
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    missing = runner.invoke(app, ["evaluate", "--from", str(run), "--episodes", "2", "--plot", str(tmp_path / "d.png")])
+    assert missing.exit_code == 1 and "metactl[plot]" in missing.output and "Traceback" not in missing.output
+    assert not (tmp_path / "d.png").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_presets_load_and_validate(preset: str) -> None:
+    path = CONFIGS / preset
+    cfg = resolve(load_toml(path), {})
+    algo = load_algorithm(cfg.algo)
+    make_config(algo, cfg.algo_options)  # the algorithm accepts its options
+    stem = path.stem
+    if stem.startswith("omniglot-"):
+        ways, shots = stem.removeprefix("omniglot-").split("-")
+        assert cfg.data.startswith("omniglot:") and cfg.protocol in omniglot.PROTOCOLS and cfg.rotations
+        assert (cfg.ways, cfg.shots) == (int(ways.removesuffix("way")), int(shots.removesuffix("shot")))
+    else:
+        assert cfg.data == "sinusoid" and cfg.shots == 10
+
+
+def test_all_presets_present() -> None:
+    names = {p.name for p in CONFIGS.glob("*.toml")}
+    assert names >= {f"omniglot-{w}way-{k}shot.toml" for w in (5, 20) for k in (1, 5)} | {"sinusoid.toml"}
+
+
+def test_real_omniglot_protocol_counts(omniglot_dir: Path) -> None:
+    data = omniglot.Omniglot(omniglot_dir, default_preprocessing(28, True))
+    vin = omniglot.protocol_pools(data, "vinyals", ("train", "val", "test"))
+    assert (vin["train"].num_classes, vin["val"].num_classes, vin["test"].num_classes) == (1028, 172, 423)
+    lake = omniglot.protocol_pools(data, "lake", ("test",))
+    assert lake["test"].num_classes == 659

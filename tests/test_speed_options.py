@@ -1,0 +1,79 @@
+"""Speed/memory options must not change what is computed: --checkpoint-inner, --precision bf16."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from metactl.algorithms.maml import maml_meta_gradient
+from metactl.api import Learner
+from metactl.cli import app
+from tests.test_maml import tiny_batch, tiny_learner
+
+
+def _grads(learner: Learner) -> dict[str, torch.Tensor]:
+    out = {f"θ {k}": v.grad.clone() for k, v in learner.params.items()}
+    out.update({f"α {k}": v.grad.clone() for k, v in learner.inner_lr.items()})
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("second_order", [True, False])
+def test_checkpoint_inner_gives_the_same_meta_gradient(kind: str, second_order: bool) -> None:
+    plain, ckpt = tiny_learner(kind), tiny_learner(kind)
+    batch = tiny_batch(kind)
+    a = maml_meta_gradient(plain, batch, 3, second_order)
+    b = maml_meta_gradient(ckpt, batch, 3, second_order, checkpoint_inner=True)
+    assert a == pytest.approx(b, rel=1e-12)
+    ga, gb = _grads(plain), _grads(ckpt)
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-10, atol=1e-12, msg=name)
+    assert any(float(g.abs().sum()) > 0 for g in ga.values())
+
+
+def test_checkpoint_inner_with_msl_weights() -> None:
+    plain, ckpt = tiny_learner("conv"), tiny_learner("conv")
+    batch = tiny_batch("conv")
+    maml_meta_gradient(plain, batch, 3, True, [0.2, 0.3, 0.5])
+    maml_meta_gradient(ckpt, batch, 3, True, [0.2, 0.3, 0.5], checkpoint_inner=True)
+    for name, g in _grads(plain).items():
+        torch.testing.assert_close(_grads(ckpt)[name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bf16_meta_gradient_close_to_fp32() -> None:
+    """Autocast bf16 forward passes: outputs float32, the meta-gradient points the same way."""
+    from metactl.config import TrainConfig
+    from metactl.data import glyphs
+    from metactl.data.episodes import ClassificationEpisodes, training_tasks
+    from metactl.evaluate import to_batch
+    from metactl.train import init_learner
+
+    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 5)
+    batch = to_batch(training_tasks(sampler, 0, 0, range(4)))
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(precision=precision, width=16)
+        learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 16}, cfg, "classification", "cpu")
+        out = learner.forward(learner.params, batch.support_x[0])
+        assert out.dtype == torch.float32
+        maml_meta_gradient(learner, batch, 1, True)
+        grads[precision] = torch.cat([p.grad.flatten() for p in learner.params.values()])
+    cos = torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0)
+    assert float(cos) > 0.98, float(cos)
+    assert not torch.equal(grads["fp32"], grads["bf16"])  # bf16 really ran
+
+
+def test_meta_train_flags_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["meta-train", "--steps", "2", "--meta-batch", "2", "--eval-every", "0", "--width", "8", "--query-shots", "2",
+            "--threads", "1", "--inner-steps", "2", "--precision", "bf16", "--checkpoint-inner", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "metactl.json").read_text())["config"]
+    assert cfg["precision"] == "bf16" and cfg["checkpoint_inner"] is True
+    bad = CliRunner().invoke(app, ["meta-train", "--precision", "fp8", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "precision" in bad.output
