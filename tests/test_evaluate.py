@@ -144,8 +144,12 @@ def test_evaluate_oneshot_runs_with_another_way_count(tmp_path: Path, image_fold
 def test_metasgd_element_lr_with_another_way_count(tmp_path: Path, image_folder: Path) -> None:
     run = tmp_path / "run"
     assert runner.invoke(app, ["meta-train", "--algo", "metasgd", "--data", str(image_folder), *TINY, "--out", str(run)]).exit_code == 0
-    result = runner.invoke(app, ["evaluate", "--from", str(run), "--data", str(image_folder), "--ways", "4", "--episodes", "2", "--steps", "1"])
+    js = tmp_path / "e.json"
+    args = ["evaluate", "--from", str(run), "--data", str(image_folder), "--ways", "2", "--query-shots", "2", "--episodes", "2", "--steps", "1", "--json", str(js)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    r = json.loads(js.read_text())["runs"][0]
+    assert r["ways"] == 2 and r["head"] == "zero-initialised" and r["steps"][0]["mean"] == pytest.approx(0.5)
 
 
 def test_plot_written_and_clear_message_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,13 +4,15 @@
 # on the same held-out images_evaluation episodes: 5-way 1-shot, 5-way 5-shot, 20-way 1-shot,
 # 20-way 5-shot (the runs are trained 5-way 1-shot; for 20-way their head starts at zero, as
 # `metactl adapt` does for another number of labels).
-#   bash examples/benchmarks/omniglot_algorithms.sh [MINUTES] [OUTDIR] [EPISODES]
+#   bash examples/benchmarks/omniglot_algorithms.sh [MINUTES] [OUTDIR] [EPISODES] [EPISODES_20WAY]
+# (20-way episodes use 5 queries per class; 5-way ones 15.)
 # PARALLEL=2 trains two runs at a time, each pinned to its own core with one thread (same budget
 # per run, half the wall time; every run gets the same treatment).
 set -euo pipefail
 MINUTES=${1:-3}
 OUT=${2:-runs/omniglot-${MINUTES}min}
 EPISODES=${3:-400}
+EPISODES20=${4:-100}
 OMNI=${OMNIGLOT:-../shared/datasets/omniglot}
 PARALLEL=${PARALLEL:-1}
 mkdir -p "$OUT"
@@ -44,10 +46,10 @@ done
 wait
 from=()
 for n in "${names[@]}"; do from+=(--from "$OUT/$n"); done
-for setting in "5 1" "5 5" "20 1" "20 5"; do
-  read -r w k <<<"$setting"
-  metactl evaluate "${from[@]}" --data "omniglot:$OMNI" --protocol lake --ways "$w" --shots "$k" \
-    --episodes "$EPISODES" --json "$OUT/evaluate-${w}w${k}s.json" --force
+for setting in "5 1 15 $EPISODES" "5 5 15 $EPISODES" "20 1 5 $EPISODES20" "20 5 5 $EPISODES20"; do
+  read -r w k q e <<<"$setting"
+  metactl evaluate "${from[@]}" --data "omniglot:$OMNI" --protocol lake --ways "$w" --shots "$k" --query-shots "$q" \
+    --episodes "$e" --json "$OUT/evaluate-${w}w${k}s.json" --force
 done
 metactl evaluate --from "$OUT/maml" --from "$OUT/pretrain" --data "omniglot:$OMNI" --ways 5 --shots 1 --steps 10 \
   --episodes "$EPISODES" --json "$OUT/meta-vs-pretrain.json" --plot "$OUT/meta-vs-pretrain.png" --force || true  # --plot needs the plot extra

@@ -19,9 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and affine parameters stay float32 under bf16/fp16 autocast (mixed-dtype batch_norm)."""
+    return torch.float32 if x.dtype in _LOW else x.dtype
+
+
 def _unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = x.shape[1]
-    return torch.zeros(c, dtype=x.dtype, device=x.device), torch.ones(c, dtype=x.dtype, device=x.device)
+    c, dtype = x.shape[1], _stat_dtype(x)
+    return torch.zeros(c, dtype=dtype, device=x.device), torch.ones(c, dtype=dtype, device=x.device)
 
 
 class TaskNorm2d(nn.Module):
@@ -51,7 +59,7 @@ class TaskNorm2d(nn.Module):
         # Statistics of the reference rows only, folded into a per-channel affine map x * scale + shift.
         # The map runs through the native (fused) eval-mode batch_norm kernel with unit statistics,
         # whose backward and double backward give the gradients w.r.t. x, scale and shift.
-        var, mean = torch.var_mean(x[:ref], dim=(0, 2, 3), correction=0)
+        var, mean = torch.var_mean(x[:ref].to(_stat_dtype(x)), dim=(0, 2, 3), correction=0)
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
         zeros, ones = _unit_stats(x)
@@ -62,7 +70,7 @@ class TaskNorm2d(nn.Module):
         (all its rows when ref is None): the per-task computation, batched."""
         xv = x.view(tasks, -1, *x.shape[1:])
         r = xv if ref is None else xv[:, :ref]
-        var, mean = torch.var_mean(r, dim=(1, 3, 4), correction=0)  # (tasks, C)
+        var, mean = torch.var_mean(r.to(_stat_dtype(x)), dim=(1, 3, 4), correction=0)  # (tasks, C)
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
         return torch.addcmul(shift[:, None, :, None, None], xv, scale[:, None, :, None, None]).view_as(x)
