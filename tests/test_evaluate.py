@@ -145,7 +145,8 @@ def test_metasgd_element_lr_with_another_way_count(tmp_path: Path, image_folder:
     run = tmp_path / "run"
     assert runner.invoke(app, ["meta-train", "--algo", "metasgd", "--data", str(image_folder), *TINY, "--out", str(run)]).exit_code == 0
     js = tmp_path / "e.json"
-    args = ["evaluate", "--from", str(run), "--data", str(image_folder), "--ways", "2", "--query-shots", "2", "--episodes", "2", "--steps", "1", "--json", str(js)]
+    args = ["evaluate", "--from", str(run), "--data", str(image_folder), "--ways", "2", "--query-shots", "2", "--episodes", "2", "--steps", "1"]
+    args += ["--json", str(js)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     r = json.loads(js.read_text())["runs"][0]

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 _LOW = (torch.bfloat16, torch.float16)
 
 
