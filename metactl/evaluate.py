@@ -50,9 +50,19 @@ def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: in
 
 
 def summarise(values: np.ndarray) -> list[dict[str, float]]:
-    """Mean and 95 % confidence interval (1.96 std / sqrt(n)) per step."""
+    """Mean and 95 % confidence interval (1.96 std / sqrt(n)) per step, and the median (robust to a
+    few diverging episodes, which regression MSE can have)."""
     n = values.shape[0]
-    return [{"step": k, "mean": float(values[:, k].mean()), "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1)))} for k in range(values.shape[1])]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return [
+            {
+                "step": k,
+                "mean": float(values[:, k].mean()),
+                "ci95": float(1.96 * values[:, k].std() / np.sqrt(max(n, 1))),
+                "median": float(np.median(values[:, k])),
+            }
+            for k in range(values.shape[1])
+        ]
 
 
 def _held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None) -> Any:

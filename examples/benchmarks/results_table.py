@@ -1,9 +1,10 @@
 """Markdown table from `metactl evaluate --json` files: one row per run, one column per file.
 
-    python examples/benchmarks/results_table.py runs/omniglot-3min/evaluate-*.json
+    python examples/benchmarks/results_table.py [--best] runs/omniglot-3min/evaluate-*.json
 
-Each cell is the best mean over the evaluated inner steps (accuracy in %, or MSE), ± its 95 % CI,
-with the step count that gave it.
+Each cell is the mean after the last evaluated inner step (each run's test-time steps, fixed before
+looking at the test episodes), ± its 95 % CI, with that step count in parentheses; accuracy in %,
+or MSE. ``--best`` reports the best step instead (an optimistic, test-selected figure).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import sys
 from pathlib import Path
 
 
-def best(run: dict) -> tuple[float, float, int]:
+def pick(run: dict, best: bool) -> tuple[float, float, int]:
     steps = run["steps"]
-    pick = (max if run.get("metric", "accuracy") == "accuracy" else min)(steps, key=lambda s: s["mean"])
-    return pick["mean"], pick["ci95"], pick["step"]
+    chosen = (max if run.get("metric", "accuracy") == "accuracy" else min)(steps, key=lambda s: s["mean"]) if best else steps[-1]
+    return chosen["mean"], chosen["ci95"], chosen["step"]
 
 
-def main(files: list[str]) -> None:
+def main(files: list[str], best: bool = False) -> None:
     tables = {Path(f).stem.removeprefix("evaluate-"): json.loads(Path(f).read_text()) for f in files}
     order: list[str] = []
     cells: dict[str, dict[str, str]] = {}
@@ -29,7 +30,7 @@ def main(files: list[str]) -> None:
             if name not in cells:
                 order.append(name)
                 cells[name] = {}
-            m, c, k = best(run)
+            m, c, k = pick(run, best)
             scale = 100.0 if run.get("metric", "accuracy") == "accuracy" else 1.0
             cells[name][col] = f"{m * scale:.1f} ± {c * scale:.1f} ({k})" if scale == 100.0 else f"{m:.3f} ± {c:.3f} ({k})"
     cols = list(tables)
@@ -40,4 +41,5 @@ def main(files: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--best"], "--best" in args)

@@ -75,11 +75,11 @@ def hand_step(algo: str, steps: int, model: Any, params: dict, lrs: dict, batch:
                 phi = {k: phi[k] - (lrs[k] if algo == "metasgd" else LR) * g for k, g in zip(names, grads, strict=True)}
             (F.cross_entropy(functional_call(model, phi, (qx,)), qy) / b).backward()
         elif algo == "anil":
-            body = {k: v for k, v in params.items() if not k.startswith("9.")}
-            head = {k: v for k, v in params.items() if k.startswith("9.")}
-            feats = functional_call(model[:-1], {k: v for k, v in body.items()}, (torch.cat([sx, qx]),))
+            last = f"{len(model) - 1}."  # the linear head
+            body = {k: v for k, v in params.items() if not k.startswith(last)}
+            feats = functional_call(model[:-1], body, (torch.cat([sx, qx]),))
             fs, fq = feats[: len(sx)], feats[len(sx) :]
-            w, bias = head["9.weight"], head["9.bias"]
+            w, bias = params[last + "weight"], params[last + "bias"]
             for _ in range(steps):
                 loss = F.cross_entropy(F.linear(fs, w, bias), sy)
                 gw, gb = torch.autograd.grad(loss, [w, bias], create_graph=True)
