@@ -31,7 +31,7 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int) -> None:
+def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, checkpoint_inner: bool = False) -> None:
     import torch
 
     from metactl.config import TrainConfig
@@ -44,7 +44,7 @@ def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int) ->
 
     tune_malloc()
     torch.set_num_threads(threads)
-    cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000)
+    cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000, checkpoint_inner=checkpoint_inner)
     cls = load_algorithm(algo)
     impl = cls(make_config(cls, {}), cfg)
     sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
@@ -71,16 +71,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--configs", default=None, help="comma-separated ALGO@STEPS subset, e.g. maml@1,maml@10")
+    ap.add_argument("--checkpoint-inner", action="store_true", help="meta-train with --checkpoint-inner")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.meta_batch, args.repeats, args.threads)
+        child(args.child[0], int(args.child[1]), args.meta_batch, args.repeats, args.threads, args.checkpoint_inner)
         return
     from metactl.registry import available_names
 
     names = set(available_names())
     rows = {}
-    for algo, steps in CONFIGS:
+    wanted = set(args.configs.split(",")) if args.configs else None
+    configs = [(a, int(k)) for a, k in (c.split("@") for c in wanted)] if wanted else CONFIGS
+    for algo, steps in configs:
         if algo not in names:
             continue
         cmd = [
@@ -95,7 +99,7 @@ def main() -> None:
             str(args.repeats),
             "--threads",
             str(args.threads),
-        ]
+        ] + (["--checkpoint-inner"] if args.checkpoint_inner else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows[f"{algo}@{steps}"] = json.loads(out)
         print(
