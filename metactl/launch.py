@@ -60,8 +60,8 @@ def launch_local(cfg: Any, nproc: int, out: Path, force: bool, resume: bool, jso
         try:
             elastic_launch(launch, sys.executable)(*args)
         except ChildFailedError as exc:
-            first = exc.get_first_failure()[1]
+            rank, first = exc.get_first_failure()
             raise MetactlError(
-                f"Distributed meta-training failed: worker rank {first.global_rank} exited with code {first.exitcode}.",
+                f"Distributed meta-training failed: worker rank {rank} exited with code {first.exitcode}.",
                 "See that worker's message above; fix it and resume with --resume.",
             ) from None
