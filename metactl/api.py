@@ -55,19 +55,18 @@ class Learner:
         a = self.inner_lr[name]
         return a[min(step, a.shape[0] - 1)] if self.per_step_lr else a
 
-    def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
-        if self.precision == "bf16":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return functional_call(self.model, params, (x,), {"ref": ref}).float()
-        return functional_call(self.model, params, (x,), {"ref": ref})
-
-    def features(self, params: Params, x: Tensor, ref: int | None = None, tasks: int = 1) -> Tensor:
-        """The body's output (no head); ``tasks`` > 1 normalises each task-major block on its own."""
-        kwargs = {"ref": ref, "tasks": tasks, "return_features": True}
+    def _call(self, params: Params, x: Tensor, kwargs: dict[str, Any]) -> Tensor:
         if self.precision == "bf16":
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return functional_call(self.model, params, (x,), kwargs).float()
         return functional_call(self.model, params, (x,), kwargs)
+
+    def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
+        return self._call(params, x, {"ref": ref})
+
+    def features(self, params: Params, x: Tensor, ref: int | None = None, tasks: int = 1) -> Tensor:
+        """The body's output (no head); ``tasks`` > 1 normalises each task-major block on its own."""
+        return self._call(params, x, {"ref": ref, "tasks": tasks, "return_features": True})
 
     def head_forward(self, head: Params, features: Tensor) -> Tensor:
         return F.linear(features, head[self.head[0]], head[self.head[1]])

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,18 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(results: list[dict[str, Any]], out: Path, title: str = "") -> Path:
-    """One line per run: metric vs inner step with its 95 % confidence band; written atomically as PNG."""
+def check_plot_target(out: Path) -> Any:
+    """A usable ``--plot`` target and matplotlib present (checked before any work); returns pyplot."""
     if out.suffix.lower() != ".png":
         raise MetactlError(f"--plot {out}: the plot is written as PNG.", "Give a file name ending in .png.")
-    plt = _pyplot()
+    return _pyplot()
+
+
+def plot_curves(results: list[dict[str, Any]], out: Path, title: str = "") -> Path:
+    """One line per run: metric vs inner step with its 95 % confidence band; written atomically as PNG."""
+    from metactl.runs import atomic_write_bytes
+
+    plt = check_plot_target(out)
     metric = results[0].get("metric", "accuracy")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results:
@@ -51,13 +57,10 @@ def plot_curves(results: list[dict[str, Any]], out: Path, title: str = "") -> Pa
     fig.tight_layout()
     out = out.expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(out, buf.getvalue())
     return out

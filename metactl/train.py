@@ -31,7 +31,7 @@ from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
 from metactl.evaluate import adaptation_curve, summarise, to_batch
 from metactl.models import build_model
-from metactl.perf import tune_malloc
+from metactl.perf import check_device, tune_malloc
 from metactl.registry import load_algorithm, make_config
 
 TRAIN_STREAM = 0
@@ -178,8 +178,7 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
     report = report or Reporter()
     tune_malloc()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MetactlError("--device cuda: no CUDA device is available to torch here.", "Use --device cpu.")
+    check_device(cfg.device)
     algo_cls = load_algorithm(cfg.algo)
     algo = algo_cls(make_config(algo_cls, cfg.algo_options), cfg)
     world = init_from_env(cfg.device)

@@ -29,33 +29,19 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 # (algorithm, inner steps during meta-training)
 CONFIGS = [("maml", 1), ("maml", 5), ("fomaml", 1), ("metasgd", 1), ("anil", 5), ("imaml", 5), ("reptile", 5)]
 LR = 0.4
 
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from algorithms import _rss_kb  # noqa: E402  (peak memory, read the same way as algorithms.py)
+from meta_step import hand_written_model as hand_model  # noqa: E402  (the same reference Conv-4)
 
 
 # ---------------------------------------------------------------- hand-written reference loops
-def hand_model(ways: int = 5) -> Any:
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    c = 1
-    for _ in range(4):
-        layers += [nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
-        c = 64
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, ways))
-
-
 def hand_step(algo: str, steps: int, model: Any, params: dict, lrs: dict, batch: Any) -> None:
     """One meta-gradient, accumulated into ``.grad`` (the outer optimizer step is outside)."""
     import torch

@@ -41,11 +41,9 @@ def evaluate(
         if target is not None and target.exists() and not force:
             raise MetactlError(f"{target} already exists.", "Choose another file name, or pass --force to overwrite it.")
     if plot is not None:
-        from metactl.plot import _pyplot
+        from metactl.plot import check_plot_target
 
-        if plot.suffix.lower() != ".png":
-            raise MetactlError(f"--plot {plot}: the plot is written as PNG.", "Give a file name ending in .png.")
-        _pyplot()  # fail before the evaluation, not after it
+        check_plot_target(plot)  # fail before the evaluation, not after it
     from metactl.evaluate import evaluate_runs
     from metactl.runs import atomic_write_json, latest_run
 
