@@ -39,6 +39,7 @@ class TrainConfig:
     eval_every: int = 50  # validate every N steps; 0 disables validation during training
     eval_episodes: int = 100  # validation episodes per evaluation
     checkpoint_every: int = 25  # write a resumable checkpoint every N steps
+    snapshot_every: int = 0  # keep θ every N steps in RUN/snapshots/step-NNNNNNN/ (each a run `metactl evaluate` reads); 0 = off
     max_bad_steps: int = 10  # stop after this many non-finite meta-steps in a row (each is skipped)
     rotations: bool = False  # add 90/180/270 degree rotations as new classes (image data)
     val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
@@ -74,7 +75,7 @@ def validate(values: dict[str, Any]) -> list[str]:
         positive(name)
     if cfg.ways < 2:
         p.append(f"ways must be >= 2 (got {cfg.ways})")
-    for name in ("inner_steps", "test_inner_steps", "eval_every"):
+    for name in ("inner_steps", "test_inner_steps", "eval_every", "snapshot_every"):
         if getattr(cfg, name) < 0:
             p.append(f"{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
     if cfg.inner_lr < 0:

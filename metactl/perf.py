@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -56,3 +57,75 @@ def check_device(device: str) -> str:
         if index >= torch.cuda.device_count():
             raise MetactlError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here.", "Pick an existing device index.")
     return device
+
+
+_replicas: dict[tuple[int, int], Any] = {}
+
+
+def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: int) -> dict[str, float]:
+    """``algo.meta_gradient`` with the meta-batch split over ``workers`` threads, one intra-op thread each.
+
+    Each worker runs the algorithm's own per-task loop on a contiguous slice of the tasks, on its
+    own copy of the model module (``functional_call`` swaps a module's tensors while it runs, so a
+    module cannot be shared between threads) and its own leaf views of θ, α and the algorithm's
+    extra parameters (same storage, separate ``.grad``). The slices' meta-gradients are then
+    added into the learner's ``.grad`` in slice order, each weighted by its share of the tasks, so
+    the result is the whole batch's mean meta-gradient, deterministic, equal to the single-thread
+    loop up to float summation order. Valid for algorithms whose meta-gradient and metrics are
+    means over independent tasks (``task_parallel = True`` on the class).
+    """
+    import copy
+    import threading
+
+    import torch
+
+    from metactl.api import Learner, TaskBatch
+
+    b = len(batch)
+    bounds = [round(i * b / workers) for i in range(workers + 1)]
+    slices = [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+    outer = torch.get_num_threads()
+    results: list[Any] = [None] * len(slices)
+
+    def leaves(tensors: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.detach().requires_grad_(v.requires_grad) for k, v in tensors.items()}
+
+    def work(j: int, lo: int, hi: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            key = (id(learner.model), j)
+            if key not in _replicas:
+                _replicas[key] = copy.deepcopy(learner.model)
+            local = Learner(
+                _replicas[key], leaves(learner.params), leaves(learner.inner_lr), learner.task, learner.head,
+                leaves(learner.extra), learner.per_step_lr, learner.precision,
+            )  # fmt: skip
+            for p in local.parameters():
+                p.grad = torch.zeros_like(p)
+            part = TaskBatch(*(t[lo:hi] if t is not None else None for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.classes)))
+            metrics = algo.meta_gradient(local, part)
+            results[j] = (metrics, [p.grad for p in local.parameters()])
+        except BaseException as exc:  # re-raised on the calling thread
+            results[j] = exc
+
+    threads = [threading.Thread(target=work, args=(j, lo, hi)) for j, (lo, hi) in enumerate(slices[1:], start=1)]
+    for t in threads:
+        t.start()
+    work(0, *slices[0])
+    for t in threads:
+        t.join()
+    torch.set_num_threads(outer)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for (lo, hi), (metrics, grads) in zip(slices, results, strict=True):
+            w = (hi - lo) / b
+            for p, g in zip(learner.parameters(), grads, strict=True):
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.add_(g, alpha=w)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + w * v
+    return totals

@@ -26,6 +26,7 @@ META = "metactl.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
+SNAPSHOTS = "snapshots"
 INNER_LR_PREFIX = "inner_lr."
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -139,6 +139,16 @@ def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, st
     )
 
 
+def _save_snapshot(out: Path, learner: Learner, meta: dict[str, Any], step: int, elapsed: float) -> None:
+    """θ and α at this step as a small run of its own (``metactl evaluate`` / ``adapt`` read it).
+
+    ``seconds`` is the training time so far: setup and any validation are not in it."""
+    snap = out / runs.SNAPSHOTS / f"step-{step:07d}"
+    snap.mkdir(parents=True, exist_ok=True)
+    runs.save_tensors(snap / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
+    runs.atomic_write_json(snap / runs.META, {**meta, "status": "snapshot", "steps_done": step, "seconds": round(elapsed, 3)})
+
+
 def _load_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer) -> tuple[int, float, int]:
     tensors = runs.load_tensors(out / runs.CHECKPOINT)
     try:
@@ -256,6 +266,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
     t0 = time.perf_counter() - elapsed_before
     stopped_by = "steps"
     skipped = 0
+    val_seconds = 0.0  # validation inside the loop; snapshots report training time without it
     step = start_step
     report.start(start_step, cfg.steps)
     mine = world.slice(cfg.meta_batch)
@@ -299,13 +310,17 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
             if not finite:
                 record["skipped"] = True
             if validate and cfg.eval_every > 0 and (step % cfg.eval_every == 0):
+                tv = time.perf_counter()
                 record["val"] = [c["mean"] for c in val_curve_now()]
+                val_seconds += time.perf_counter() - tv
             if main:
                 runs.append_jsonl(out / runs.METRICS, record)
                 report.step(step, record)
             if bad >= cfg.max_bad_steps:
                 stopped_by = "non-finite"
                 break
+            if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                _save_snapshot(out, learner, meta, step, time.perf_counter() - t0 - val_seconds)
             if main and step % cfg.checkpoint_every == 0:
                 _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
     except KeyboardInterrupt:

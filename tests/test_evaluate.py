@@ -196,3 +196,33 @@ def test_real_omniglot_protocol_counts(omniglot_dir: Path) -> None:
     assert (vin["train"].num_classes, vin["val"].num_classes, vin["test"].num_classes) == (1028, 172, 423)
     lake = omniglot.protocol_pools(data, "lake", ("test",))
     assert lake["test"].num_classes == 659
+
+
+def test_snapshots_are_runs_evaluate_reads(tmp_path: Path) -> None:
+    from metactl import runs
+    from metactl.evaluate import evaluate_runs
+    from metactl.testing import make_image_folder, tiny_config
+    from metactl.train import meta_train
+
+    data = make_image_folder(tmp_path / "data")
+    cfg = tiny_config("maml", data, steps=4, snapshot_every=2, eval_every=2)
+    out = meta_train(cfg, tmp_path / "run").run_dir
+    snaps = sorted((out / runs.SNAPSHOTS).iterdir())
+    assert [s.name for s in snaps] == ["step-0000002", "step-0000004"]
+    metas = [runs.read_meta(s) for s in snaps]
+    assert [m["steps_done"] for m in metas] == [2, 4] and all(m["status"] == "snapshot" for m in metas)
+    assert 0 < metas[0]["seconds"] <= metas[1]["seconds"] <= runs.read_meta(out)["seconds"]
+    final, last = runs.load_tensors(out / runs.THETA), runs.load_tensors(snaps[-1] / runs.THETA)
+    assert set(final) == set(last) and all(np.array_equal(final[k].numpy(), last[k].numpy()) for k in final)
+    first = runs.load_tensors(snaps[0] / runs.THETA)
+    assert not all(np.array_equal(first[k].numpy(), final[k].numpy()) for k in final)
+    results = evaluate_runs(snaps, data=str(data), queries=2, episodes=3)
+    assert [r["run"] for r in results] == [str(s) for s in snaps] and all(len(r["steps"]) == cfg.test_inner_steps + 1 for r in results)
+
+
+def test_snapshot_every_is_validated() -> None:
+    from metactl.config import TrainConfig
+    from metactl.errors import MetactlError
+
+    with pytest.raises(MetactlError, match="snapshot-every must be >= 0"):
+        TrainConfig(snapshot_every=-1)

@@ -77,3 +77,74 @@ def test_meta_train_flags_recorded(tmp_path: Path) -> None:
     assert cfg["precision"] == "bf16" and cfg["checkpoint_inner"] is True
     bad = CliRunner().invoke(app, ["meta-train", "--precision", "fp8", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "precision" in bad.output
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "metasgd", "anil", "imaml", "reptile"])
+def test_task_threads_give_the_per_task_loops_meta_gradient(algo: str) -> None:
+    """Splitting the meta-batch over threads (one intra-op thread each) sums the same per-task terms."""
+    from metactl.config import TrainConfig
+    from metactl.data import glyphs
+    from metactl.data.episodes import ClassificationEpisodes, training_tasks
+    from metactl.evaluate import to_batch
+    from metactl.perf import task_parallel_meta_gradient
+    from metactl.registry import load_algorithm, make_config
+    from metactl.train import init_learner
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(algo=algo, inner_steps=2, meta_batch=5, width=8, steps=10)
+    cls = load_algorithm(algo)
+    impl = cls(make_config(cls, {}), cfg)
+    assert getattr(cls, "task_parallel", False)
+    batch = to_batch(training_tasks(ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 3), 0, 0, range(5)))
+    shape = getattr(impl, "inner_lr_shape", "layer")
+    learners = [init_learner({"kind": "conv4", "num_classes": 5, "width": 8}, cfg, "classification", "cpu", shape) for _ in range(2)]
+    for a, b in zip(learners[0].parameters(), learners[1].parameters(), strict=True):
+        b.data.copy_(a.data)
+    for learner in learners:
+        for p in learner.parameters():
+            p.grad = torch.zeros_like(p)
+    m_loop = impl.meta_gradient(learners[0], batch)
+    before = torch.get_num_threads()
+    m_threads = task_parallel_meta_gradient(impl, learners[1], batch, 2)
+    assert m_threads == pytest.approx(m_loop, rel=1e-5)
+    grads = [[p.grad for p in learner.parameters()] for learner in learners]
+    assert any(float(g.abs().sum()) > 0 for g in grads[0])
+    for g_loop, g_threads in zip(*grads, strict=True):
+        torch.testing.assert_close(g_threads, g_loop, rtol=1e-4, atol=1e-6)
+    assert torch.get_num_threads() == before  # the caller's intra-op setting is restored
+
+
+def _textbook_conv4(model: torch.nn.Module, x: torch.Tensor, ref: int | None, tasks: int) -> torch.Tensor:
+    """Conv-4 as the paper writes it: conv, norm, ReLU, then max-pool; NCHW throughout."""
+    import torch.nn.functional as F
+
+    for conv, norm in zip(model.convs, model.norms, strict=True):
+        x = F.max_pool2d(F.relu(norm(conv(x), ref, tasks)), 2)
+    return model.head(x.flatten(1))
+
+
+@pytest.mark.parametrize(("ref", "tasks"), [(None, 1), (5, 1), (3, 2)])
+def test_conv4_fast_layout_computes_the_textbook_network(ref: int | None, tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pool-before-ReLU and channels-last activations: same outputs and gradients (incl. second order)."""
+    from metactl.models import conv4
+
+    torch.manual_seed(0)
+    model = conv4.Conv4(5, width=8)
+    x = torch.randn(12, 1, 28, 28)
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(conv4, "CHANNELS_LAST", fast)
+        out = model(x, ref=ref, tasks=tasks) if fast else _textbook_conv4(model, x, ref, tasks)
+        g = torch.autograd.grad(out.square().sum(), list(model.parameters()), create_graph=True)
+        gg = torch.autograd.grad(sum(t.square().sum() for t in g), list(model.parameters()))
+        results.append((out, g, gg))
+    (o1, g1, gg1), (o2, g2, gg2) = results
+    torch.testing.assert_close(o1, o2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1 + gg1, g2 + gg2, strict=True):  # float32 convolutions in another order: relative to the norm
+        assert float((a - b).detach().norm() / b.detach().norm()) < 1e-4
+    monkeypatch.setattr(conv4, "CHANNELS_LAST", True)
+    assert conv4._fast_layout(x) is torch.channels_last
+    with torch.no_grad():
+        assert conv4._fast_layout(x) is None  # inference and export keep NCHW
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv4._fast_layout(x) is None

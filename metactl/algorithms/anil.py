@@ -45,6 +45,7 @@ def head_step(learner: Learner, head: Params, feats: Tensor, y: Tensor, second_o
 class ANIL:
     name: ClassVar[str] = "anil"
     description: ClassVar[str] = "ANIL (Raghu et al. 2020): inner loop on the head only, batched body"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = ANILConfig
 
     def __init__(self, config: ANILConfig, train: Any) -> None:

@@ -32,6 +32,7 @@ class FOMAMLConfig:
 class FOMAML:
     name: ClassVar[str] = "fomaml"
     description: ClassVar[str] = "First-order MAML (Finn et al. 2017), learned per-layer α"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = FOMAMLConfig
 
     def __init__(self, config: FOMAMLConfig, train: Any) -> None:

@@ -122,6 +122,7 @@ class IMAML:
 
     name: ClassVar[str] = "imaml"
     description: ClassVar[str] = "iMAML (Rajeswaran et al. 2019): implicit meta-gradient by conjugate gradient"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = IMAMLConfig
 
     def __init__(self, config: IMAMLConfig, train: Any) -> None:

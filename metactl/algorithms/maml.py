@@ -111,6 +111,7 @@ class MAML:
 
     name: ClassVar[str] = "maml"
     description: ClassVar[str] = "MAML (Finn et al. 2017), second order, learned per-layer α, MAML++ options"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = MAMLConfig
 
     def __init__(self, config: MAMLConfig, train: Any) -> None:

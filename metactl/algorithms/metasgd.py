@@ -32,6 +32,7 @@ class MetaSGDConfig:
 class MetaSGD:
     name: ClassVar[str] = "metasgd"
     description: ClassVar[str] = "Meta-SGD (Li et al. 2017): element-wise learned inner learning rates"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = MetaSGDConfig
     inner_lr_shape: ClassVar[str] = "element"
 

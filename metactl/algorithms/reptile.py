@@ -41,6 +41,7 @@ class ReptileConfig:
 class Reptile:
     name: ClassVar[str] = "reptile"
     description: ClassVar[str] = "Reptile (Nichol et al. 2018): θ ← θ + β(ϕ − θ), β annealed"
+    task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = ReptileConfig
 
     def __init__(self, config: ReptileConfig, train: Any) -> None:

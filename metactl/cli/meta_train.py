@@ -35,6 +35,9 @@ def meta_train(
     eval_every: int = typer.Option(None, help="Validate every N steps (0 disables). [default: 50]"),
     eval_episodes: int = typer.Option(None, help="Validation episodes. [default: 100]"),
     checkpoint_every: int = typer.Option(None, help="Checkpoint every N steps. [default: 25]"),
+    snapshot_every: int = typer.Option(
+        None, help="Keep θ every N steps in RUN/snapshots/ (learning curves: metactl evaluate --from RUN/snapshots/*). [default: 0, off]"
+    ),
     max_bad_steps: int = typer.Option(None, help="Stop after N non-finite steps in a row (each is skipped). [default: 10]"),
     rotations: bool = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270° rotations as new classes. [default: off]"),
     width: int = typer.Option(None, help="Conv-4 filters / MLP hidden width. [default: 64]"),
@@ -63,7 +66,7 @@ def meta_train(
         algo=algo, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
         test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
         meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
-        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, max_bad_steps=max_bad_steps, rotations=rotations, width=width, threads=threads,
+        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, max_bad_steps=max_bad_steps, rotations=rotations, width=width, threads=threads,
         precision=precision, checkpoint_inner=checkpoint_inner,
     )  # fmt: skip
     file_values = load_toml(config) if config else {}

@@ -1,6 +1,7 @@
 """The Conv-4 backbone of Finn et al. 2017 (MAML), after Vinyals et al. 2016.
 
-Four blocks of [conv 3x3 (``width`` filters), BatchNorm, ReLU, max-pool 2] and a linear head.
+Four blocks of [conv 3x3 (``width`` filters), BatchNorm, ReLU, max-pool 2] and a linear head
+(computed as pool-then-ReLU, which is the same function).
 
 Deliberate differences from the paper's code, none changing the function class:
 - the convolutions have no bias: BatchNorm subtracts the per-channel mean right after, so a conv
@@ -29,6 +30,26 @@ def _stat_dtype(x: torch.Tensor) -> torch.dtype:
 def _unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c, dtype = x.shape[1], _stat_dtype(x)
     return torch.zeros(c, dtype=dtype, device=x.device), torch.ones(c, dtype=dtype, device=x.device)
+
+
+CHANNELS_LAST = True  # switch for the benchmark (examples/benchmarks/throughput.py --layouts)
+
+
+def _fast_layout(x: torch.Tensor) -> torch.memory_format | None:
+    """channels-last activations for float32 training/adaptation on CPU, where oneDNN's NHWC
+    convolution and max-pool kernels are faster (examples/benchmarks/throughput.py measures it);
+    NCHW elsewhere (bf16 autocast, where it measured no faster; inference; export; CUDA)."""
+    if (
+        CHANNELS_LAST
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+    ):
+        return torch.channels_last
+    return None
 
 
 class TaskNorm2d(nn.Module):
@@ -92,9 +113,15 @@ class Conv4(nn.Module):
         self.head = nn.Linear(width * size * size, num_classes)
 
     def features(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
-        for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = F.max_pool2d(F.relu(norm(conv(x), ref, tasks)), 2)
-        return x.flatten(1)
+        layout = _fast_layout(x)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            y = conv(x)
+            if i == 0 and layout is not None:
+                y = y.contiguous(memory_format=layout)  # the later layers follow their input's layout
+            # pool, then ReLU: the same values and gradients as ReLU-then-pool (ReLU is monotone and
+            # max picks the same element), with the ReLU on a 4x smaller tensor
+            x = F.relu(F.max_pool2d(norm(y, ref, tasks), 2))
+        return x.flatten(1).contiguous()
 
     def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> torch.Tensor:
         """``tasks`` > 1: x is that many task-major blocks, each normalised on its own (ANIL's batched body).

@@ -1,0 +1,126 @@
+"""Where a meta-step's time goes: torch.profiler over metactl's meta-step, grouped by kind of work.
+
+    python examples/benchmarks/profile_step.py [--algos maml,fomaml] [--precision fp32,bf16] [--json out.json] [--top 12]
+
+Setting as throughput.py: Conv-4 (64 filters), 5-way 1-shot, 15 queries per class, meta-batch 32,
+one inner step, 2 threads, glyph episodes built beforehand. One warm-up step, then ``--steps``
+profiled steps. Operator self-time is grouped (convolution forward / backward, BatchNorm, pooling,
+ReLU, element-wise arithmetic, allocation and copies, other); "outside operators" is the step's
+wall time minus all operator self-time: Python, ``functional_call``'s re-parametrisation and the
+autograd engine's bookkeeping. The convolution work is also given as achieved GFLOP/s (forward
+FLOPs from the profiler; a convolution's backward is counted as twice its forward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+GROUPS = [
+    ("conv backward", ("convolution_backward",)),
+    ("conv forward", ("mkldnn_convolution", "_convolution", "convolution", "conv2d", "_mkldnn_convolution")),
+    ("batch-norm", ("batch_norm", "var_mean", "rsqrt", "addcmul")),
+    ("pooling", ("max_pool2d",)),
+    ("relu", ("relu", "threshold_backward", "threshold")),
+    ("linear / loss", ("addmm", "mm", "linear", "cross_entropy", "log_softmax", "nll_loss", "_log_softmax")),
+    ("element-wise", ("mul", "add", "sub", "div", "neg", "sum", "mean", "where", "pow", "sqrt", "lerp", "addcdiv")),
+    ("allocation / copies", ("empty", "zeros", "zero_", "fill_", "copy_", "clone", "cat", "to", "_to_copy", "contiguous", "ones", "new_")),
+]
+
+
+def group_of(name: str) -> str:
+    base = name.removeprefix("aten::").lower()
+    for group, keys in GROUPS:
+        if any(base == k or base.startswith(k + "_") or base.startswith(k + ".") for k in keys):
+            return group
+    if "backward" in base:
+        return "other backward"
+    return "other"
+
+
+def profile_one(algo: str, precision: str, steps: int, top: int) -> dict:
+    from metactl.config import TrainConfig
+    from metactl.data import glyphs
+    from metactl.data.episodes import ClassificationEpisodes, training_tasks
+    from metactl.evaluate import to_batch
+    from metactl.registry import load_algorithm, make_config
+    from metactl.train import init_learner
+
+    cfg = TrainConfig(algo=algo, meta_batch=32, precision=precision)
+    cls = load_algorithm(algo)
+    impl = cls(make_config(cls, {}), cfg)
+    learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", getattr(impl, "inner_lr_shape", "layer"))
+    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
+    batches = [to_batch(training_tasks(sampler, 0, s, range(32))) for s in range(steps + 1)]
+    impl.meta_gradient(learner, batches[0])
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        t = time.perf_counter()
+        for b in batches[1:]:
+            for p in learner.parameters():
+                p.grad = None
+            impl.meta_gradient(learner, b)
+        wall = (time.perf_counter() - t) / steps
+    events = prof.key_averages()
+    groups: dict[str, float] = {}
+    ops = []
+    conv_flops = 0.0
+    for e in events:
+        self_s = e.self_cpu_time_total / 1e6 / steps
+        if self_s <= 0:
+            continue
+        groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + self_s
+        ops.append((e.key, self_s, e.count / steps))
+        if e.key in ("aten::conv2d", "aten::convolution") and e.flops:
+            conv_flops = max(conv_flops, e.flops / steps)
+    inside = sum(groups.values())
+    groups["outside operators"] = max(wall - inside, 0.0)
+    conv_time = groups.get("conv forward", 0.0) + groups.get("conv backward", 0.0)
+    conv_total_flops = 3 * conv_flops  # forward + backward (input and weight gradients)
+    ops.sort(key=lambda r: -r[1])
+    return {
+        "algo": algo,
+        "precision": precision,
+        "seconds_per_step": wall,
+        "groups_seconds": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "conv_forward_gflop": conv_flops / 1e9,
+        "conv_gflops_per_s": conv_total_flops / conv_time / 1e9 if conv_time else None,
+        "top_ops": [{"op": k, "seconds": s, "calls": c} for k, s, c in ops[:top]],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--algos", default="maml,fomaml")
+    ap.add_argument("--precision", default="fp32,bf16")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from metactl.perf import tune_malloc
+
+    tune_malloc()
+    torch.set_num_threads(args.threads)
+    results = []
+    for algo in args.algos.split(","):
+        for precision in args.precision.split(","):
+            r = profile_one(algo, precision, args.steps, args.top)
+            results.append(r)
+            print(f"\n## {algo}, {precision}: {r['seconds_per_step']:.3f} s per meta-step (profiled)")
+            for g, s in r["groups_seconds"].items():
+                print(f"  {g:22s} {s:7.3f} s  {100 * s / r['seconds_per_step']:5.1f} %")
+            if r["conv_gflops_per_s"]:
+                print(f"  convolutions: {r['conv_forward_gflop']:.1f} GFLOP forward per step, ~{r['conv_gflops_per_s']:.0f} GFLOP/s achieved (fwd+bwd)")
+            for o in r["top_ops"]:
+                print(f"    {o['op']:45s} {o['seconds']:7.3f} s  {o['calls']:7.0f} calls")
+    if args.json:
+        args.json.write_text(json.dumps({"setting": "Conv-4, 5w1s, 15 queries, meta-batch 32, 1 inner step", "threads": args.threads, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
