@@ -45,6 +45,7 @@ class TrainConfig:
     val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
     width: int = 64  # Conv-4 filters per layer / MLP hidden width
     threads: int | None = None  # torch intra-op threads; None = all cores
+    task_threads: int = 0  # split the meta-batch over N threads (threads/N intra-op each); 0 = auto (CPU: one per thread), 1 = off
     precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
     checkpoint_inner: bool = False  # recompute each inner step's activations in the backward pass (memory flat in inner steps)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
@@ -88,6 +89,8 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append(f"val-classes must be a fraction in (0, 1) (got {cfg.val_classes})")
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         p.append(f"device must be 'cpu' or 'cuda' (got {cfg.device!r})")
+    if cfg.task_threads < 0:
+        p.append(f"task-threads must be >= 0 (got {cfg.task_threads})")
     if cfg.threads is not None and cfg.threads < 1:
         p.append(f"threads must be >= 1 (got {cfg.threads})")
     if not isinstance(cfg.algo_options, dict):

@@ -62,8 +62,23 @@ def check_device(device: str) -> str:
 _replicas: dict[tuple[int, int], Any] = {}
 
 
+def task_workers(cfg: Any, algo: Any, device: str, tasks: int) -> int:
+    """How many threads share the meta-batch (``--task-threads``; 0 = auto).
+
+    Auto, on CPU and for an algorithm that declares ``task_parallel``: one worker per intra-op
+    thread, each running its tasks with one thread (on the 2-core machine 1.10-1.16x faster than
+    two threads inside every operator: examples/benchmarks/speed_options.py). On CUDA: 1."""
+    import torch
+
+    if not getattr(algo, "task_parallel", False) or tasks < 2:
+        return 1
+    if cfg.task_threads:
+        return min(cfg.task_threads, tasks)
+    return 1 if device != "cpu" else max(1, min(torch.get_num_threads(), tasks))
+
+
 def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: int) -> dict[str, float]:
-    """``algo.meta_gradient`` with the meta-batch split over ``workers`` threads, one intra-op thread each.
+    """``algo.meta_gradient`` with the meta-batch split over ``workers`` threads, sharing the intra-op threads.
 
     Each worker runs the algorithm's own per-task loop on a contiguous slice of the tasks, on its
     own copy of the model module (``functional_call`` swaps a module's tensors while it runs, so a
@@ -75,6 +90,7 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     means over independent tasks (``task_parallel = True`` on the class).
     """
     import copy
+    import itertools
     import threading
 
     import torch
@@ -83,8 +99,9 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
 
     b = len(batch)
     bounds = [round(i * b / workers) for i in range(workers + 1)]
-    slices = [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+    slices = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
     outer = torch.get_num_threads()
+    inner = max(1, outer // len(slices))
     results: list[Any] = [None] * len(slices)
 
     def leaves(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +109,7 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
 
     def work(j: int, lo: int, hi: int) -> None:
         try:
-            torch.set_num_threads(1)
+            torch.set_num_threads(inner)
             key = (id(learner.model), j)
             if key not in _replicas:
                 _replicas[key] = copy.deepcopy(learner.model)

@@ -31,7 +31,7 @@ from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
 from metactl.evaluate import adaptation_curve, summarise, to_batch
 from metactl.models import build_model
-from metactl.perf import check_device, tune_malloc
+from metactl.perf import check_device, task_parallel_meta_gradient, task_workers, tune_malloc
 from metactl.registry import load_algorithm, make_config
 
 TRAIN_STREAM = 0
@@ -270,6 +270,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
     step = start_step
     report.start(start_step, cfg.steps)
     mine = world.slice(cfg.meta_batch)
+    workers = task_workers(cfg, algo, device, len(mine))
     ctrl_c = _DeferredInterrupt()
     batches = prefetch(lambda s: training_tasks(data.train, cfg.seed, s, mine, TRAIN_STREAM), range(start_step, cfg.steps))
     try:
@@ -284,7 +285,10 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
             opt.zero_grad(set_to_none=False)
             if hasattr(algo, "progress"):  # schedules (e.g. Reptile's annealed β) read the fraction done
                 algo.progress = step / cfg.steps
-            metrics = algo.meta_gradient(learner, to_batch(ep, device))
+            if workers > 1:
+                metrics = task_parallel_meta_gradient(algo, learner, to_batch(ep, device), workers)
+            else:
+                metrics = algo.meta_gradient(learner, to_batch(ep, device))
             if world.size > 1:  # identical mean meta-gradient (and logged metrics) on every rank
                 for p in learner.parameters():
                     if p.grad is None:

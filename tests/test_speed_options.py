@@ -148,3 +148,33 @@ def test_conv4_fast_layout_computes_the_textbook_network(ref: int | None, tasks:
         assert conv4._fast_layout(x) is None  # inference and export keep NCHW
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv4._fast_layout(x) is None
+
+
+def test_meta_train_with_task_threads_matches_one_thread(tmp_path: Path) -> None:
+    from metactl import runs
+    from metactl.testing import make_image_folder, tiny_config
+    from metactl.train import meta_train
+
+    data = make_image_folder(tmp_path / "data")
+    thetas = []
+    for n in (1, 2):
+        cfg = tiny_config("maml", data, steps=3, meta_batch=4, threads=2, task_threads=n)
+        run = meta_train(cfg, tmp_path / f"run{n}").run_dir
+        assert runs.read_meta(run)["config"]["task_threads"] == n
+        thetas.append(runs.load_tensors(run / runs.THETA))
+    for k, v in thetas[0].items():
+        torch.testing.assert_close(thetas[1][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_task_workers_auto_and_explicit() -> None:
+    from types import SimpleNamespace
+
+    from metactl.perf import task_workers
+
+    per_task, batched = SimpleNamespace(task_parallel=True), SimpleNamespace()
+    torch.set_num_threads(2)
+    assert task_workers(SimpleNamespace(task_threads=0), per_task, "cpu", 32) == 2
+    assert task_workers(SimpleNamespace(task_threads=0), per_task, "cuda", 32) == 1
+    assert task_workers(SimpleNamespace(task_threads=0), batched, "cpu", 32) == 1  # e.g. pretrain: not a per-task mean
+    assert task_workers(SimpleNamespace(task_threads=1), per_task, "cpu", 32) == 1
+    assert task_workers(SimpleNamespace(task_threads=4), per_task, "cpu", 3) == 3

@@ -19,7 +19,6 @@ the two runs' accuracy can be compared at equal steps (does bf16 lose accuracy?)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,19 +29,21 @@ OMNI = os.environ.get("OMNIGLOT", "../shared/datasets/omniglot")
 COMMON = ["--data", f"omniglot:{OMNI}", "--protocol", "lake", "--rotations", "--ways", "5", "--shots", "1", "--meta-batch", "8",
           "--steps", "1000000", "--eval-every", "0", "--force"]  # fmt: skip
 # name: (minutes, snapshot every N steps, extra flags)
+# fmt: off
 SETTINGS: dict[str, tuple[float, int, list[str]]] = {
     "maml": (8, 200, ["--algo", "maml", "--inner-lr", "0.4", "--precision", "bf16"]),
     "anil": (8, 200, ["--algo", "anil", "--inner-lr", "0.4", "--inner-steps", "3", "--precision", "bf16"]),
     "metasgd": (8, 200, ["--algo", "metasgd", "--inner-lr", "0.4", "--precision", "bf16"]),
     "fomaml": (5, 250, ["--algo", "fomaml", "--inner-lr", "0.4", "--precision", "bf16"]),
     "imaml": (5, 100, ["--algo", "imaml", "--inner-lr", "0.1", "--inner-steps", "5", "--test-inner-steps", "5", "--precision", "bf16",
-                      "--config", "{out}/imaml.toml"]),  # fmt: skip
+                      "--config", "{out}/imaml.toml"]),
     "reptile": (5, 50, ["--algo", "reptile", "--inner-lr", "0.001", "--inner-steps", "5", "--test-inner-steps", "10", "--no-learn-inner-lr",
-                        "--precision", "bf16", "--config", "{out}/reptile.toml"]),  # fmt: skip
+                        "--precision", "bf16", "--config", "{out}/reptile.toml"]),
     "pretrain": (5, 500, ["--algo", "pretrain", "--inner-lr", "0.1", "--test-inner-steps", "10", "--precision", "bf16"]),
     "protonet": (5, 500, ["--algo", "protonet", "--test-inner-steps", "1", "--precision", "bf16"]),
     "maml-fp32": (4, 200, ["--algo", "maml", "--inner-lr", "0.4"]),
 }
+# fmt: on
 TOMLS = {"imaml.toml": "algo_options = {lam = 1.0, cg_steps = 5, cg_damping = 1.0}\n", "reptile.toml": 'algo_options = {inner_optimizer = "adam"}\n'}
 
 
