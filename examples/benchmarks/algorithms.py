@@ -31,20 +31,20 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, checkpoint_inner: bool = False) -> None:
+def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, checkpoint_inner: bool = False, task_threads: int = 0) -> None:
     import torch
 
     from metactl.config import TrainConfig
     from metactl.data import glyphs
     from metactl.data.episodes import ClassificationEpisodes, training_tasks
     from metactl.evaluate import to_batch
-    from metactl.perf import tune_malloc
+    from metactl.perf import task_parallel_meta_gradient, task_workers, tune_malloc
     from metactl.registry import load_algorithm, make_config
     from metactl.train import init_learner, make_optimizer
 
     tune_malloc()
     torch.set_num_threads(threads)
-    cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000, checkpoint_inner=checkpoint_inner)
+    cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000, checkpoint_inner=checkpoint_inner, task_threads=task_threads)
     cls = load_algorithm(algo)
     impl = cls(make_config(cls, {}), cfg)
     sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
@@ -53,12 +53,16 @@ def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, ch
     if hasattr(impl, "setup"):
         impl.setup(learner, {"train_classes": glyphs.TRAIN[1]})
     opt = make_optimizer(impl, learner, cfg)
+    workers = task_workers(cfg, impl, "cpu", meta_batch)  # as meta-train runs it
     base = _rss_kb("VmRSS")
     times = []
     for b in batches:
         t = time.perf_counter()
         opt.zero_grad()
-        impl.meta_gradient(learner, b)
+        if workers > 1:
+            task_parallel_meta_gradient(impl, learner, b, workers)
+        else:
+            impl.meta_gradient(learner, b)
         opt.step()
         times.append(time.perf_counter() - t)
     times = sorted(times[1:])
@@ -73,10 +77,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--configs", default=None, help="comma-separated ALGO@STEPS subset, e.g. maml@1,maml@10")
     ap.add_argument("--checkpoint-inner", action="store_true", help="meta-train with --checkpoint-inner")
+    ap.add_argument("--task-threads", type=int, default=0, help="as meta-train's --task-threads (0 = auto: one per thread)")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.meta_batch, args.repeats, args.threads, args.checkpoint_inner)
+        child(args.child[0], int(args.child[1]), args.meta_batch, args.repeats, args.threads, args.checkpoint_inner, args.task_threads)
         return
     from metactl.registry import available_names
 
@@ -99,6 +104,8 @@ def main() -> None:
             str(args.repeats),
             "--threads",
             str(args.threads),
+            "--task-threads",
+            str(args.task_threads),
         ] + (["--checkpoint-inner"] if args.checkpoint_inner else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows[f"{algo}@{steps}"] = json.loads(out)

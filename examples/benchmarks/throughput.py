@@ -3,7 +3,8 @@
 For each algorithm: seconds per meta-step (median) and peak memory of
 
 - ``metactl``: the registered algorithm's ``meta_gradient`` + its outer optimizer step, as
-  ``metactl meta-train`` runs it (with its allocator tuning, ``metactl.perf.tune_malloc``);
+  ``metactl meta-train`` runs it (its allocator tuning, ``metactl.perf.tune_malloc``; the meta-batch
+  split over one thread per core, ``--task-threads`` auto; channels-last activations in float32);
 - ``hand``: a hand-written per-task ``torch.func.functional_call`` loop doing the same arithmetic
   (Conv-4 with ``nn.BatchNorm2d(track_running_stats=False)``, ``autograd.grad`` per task, a fixed
   scalar α), run as a user would run it (glibc's default allocator settings);
@@ -166,9 +167,16 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
             impl_obj.setup(learner, {"train_classes": glyphs.TRAIN[1]})
         opt = make_optimizer(impl_obj, learner, cfg)
 
+        from metactl.perf import task_parallel_meta_gradient, task_workers
+
+        workers = task_workers(cfg, impl_obj, "cpu", meta_batch)  # as meta-train runs it (auto: one per thread)
+
         def step(batch: Any) -> None:
             opt.zero_grad()
-            impl_obj.meta_gradient(learner, batch)
+            if workers > 1:
+                task_parallel_meta_gradient(impl_obj, learner, batch, workers)
+            else:
+                impl_obj.meta_gradient(learner, batch)
             opt.step()
 
     elif impl == "hand":

@@ -81,7 +81,9 @@ def maml_meta_gradient(
     """Per-task loop (DESIGN §5): adapt, take the query loss at ϕᵢ, backpropagate it / B.
 
     ``step_weights`` (length ``steps``): the outer loss is Σₖ wₖ L_query(ϕₖ) instead of L_query(ϕ_K).
-    ``checkpoint_inner``: recompute each inner step in the backward pass instead of storing it.
+    ``checkpoint_inner``: recompute each inner step in the backward pass instead of storing it
+    (second order only: a first-order step's support graph is freed at once, so checkpointing it
+    measured only slower and larger — examples/results/memory-inner-steps-checkpoint.json).
     """
     b = len(batch)
     total_loss = 0.0
@@ -91,7 +93,7 @@ def maml_meta_gradient(
         phi = learner.params
         objective = torch.zeros(())
         for k in range(steps):
-            if checkpoint_inner:
+            if checkpoint_inner and second_order:  # first order keeps no inner graph: nothing to recompute
                 phi = _checkpointed_step(learner, phi, sx, sy, second_order, k)
             else:
                 phi, _ = inner_step(learner, phi, sx, sy, second_order=second_order, step=k)
