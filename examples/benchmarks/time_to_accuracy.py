@@ -47,8 +47,9 @@ SETTINGS: dict[str, tuple[float, int, list[str]]] = {
 TOMLS = {"imaml.toml": "algo_options = {lam = 1.0, cg_steps = 5, cg_damping = 1.0}\n", "reptile.toml": 'algo_options = {inner_optimizer = "adam"}\n'}
 
 
-def train(name: str, out: Path, threads: int | None, scale: float) -> Path:
+def train(name: str, out: Path, threads: int | None, scale: float, minutes_override: float | None = None) -> Path:
     minutes, every, flags = SETTINGS[name]
+    minutes = minutes_override or minutes
     run = out / name
     cmd = ["metactl", "meta-train", *[f.format(out=out) for f in flags], *COMMON, "--time-budget", f"{minutes * scale:g}",
            "--snapshot-every", str(every), "--out", str(run)]  # fmt: skip
@@ -109,9 +110,11 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--episodes", type=int, default=200, help="test episodes per snapshot")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=None, help="one time budget for every setting (default: each setting's own)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every time budget (e.g. 0.05 for a smoke run)")
     ap.add_argument("--skip-training", action="store_true", help="evaluate the snapshots already in --out")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--merge", type=Path, help="an earlier --json whose settings are kept (table, plot, JSON) unless rerun")
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
@@ -129,14 +132,19 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     results: dict[str, dict] = {}
+    if args.merge:
+        import json
+
+        results = {k: v for k, v in json.loads(args.merge.read_text())["results"].items() if k not in names}
     for name in names:
         t = time.perf_counter()
-        run = args.out / name if args.skip_training else train(name, args.out, args.threads, args.scale)
+        run = args.out / name if args.skip_training else train(name, args.out, args.threads, args.scale, args.minutes)
         trained = time.perf_counter() - t
         points = curve(run, args.episodes, seed=0)
         hit = next((p for p in points if p["mean"] >= args.target), None)
         best = max(points, key=lambda p: p["mean"])
-        results[name] = {"budget_minutes": SETTINGS[name][0] * args.scale, "time_to_target_seconds": hit["seconds"] if hit else None,
+        results[name] = {"budget_minutes": (args.minutes or SETTINGS[name][0]) * args.scale, "episodes": args.episodes,
+                         "time_to_target_seconds": hit["seconds"] if hit else None,
                          "at_target": hit, "best": best, "curve": points}  # fmt: skip
         reached = f"{hit['seconds'] / 60:.1f} min ({hit['steps']} steps, {100 * hit['mean']:.1f} ± {100 * hit['ci95']:.1f} %)" if hit else "not reached"
         print(f"{name}: {reached}; best {100 * best['mean']:.1f} ± {100 * best['ci95']:.1f} % at {best['seconds'] / 60:.1f} min; "
