@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import weakref
 from typing import Any
 
 M_TRIM_THRESHOLD = -1
@@ -59,7 +60,9 @@ def check_device(device: str) -> str:
     return device
 
 
-_replicas: dict[tuple[int, int], Any] = {}
+# per model: its copies for task threads (``functional_call`` swaps a module's tensors while it
+# runs, so each thread needs its own module); dropped with the model
+_replicas: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
 def task_workers(cfg: Any, algo: Any, device: str, tasks: int) -> int:
@@ -78,7 +81,8 @@ def task_workers(cfg: Any, algo: Any, device: str, tasks: int) -> int:
 
 
 def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: int) -> dict[str, float]:
-    """``algo.meta_gradient`` with the meta-batch split over ``workers`` threads, sharing the intra-op threads.
+    """``algo.meta_gradient`` with the meta-batch split over ``workers`` threads, sharing the intra-op threads
+    (``workers`` <= 1: the plain call).
 
     Each worker runs the algorithm's own per-task loop on a contiguous slice of the tasks, on its
     own copy of the model module (``functional_call`` swaps a module's tensors while it runs, so a
@@ -89,6 +93,8 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     loop up to float summation order. Valid for algorithms whose meta-gradient and metrics are
     means over independent tasks (``task_parallel = True`` on the class).
     """
+    if workers <= 1:
+        return algo.meta_gradient(learner, batch)
     import copy
     import itertools
     import threading
@@ -103,6 +109,8 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     outer = torch.get_num_threads()
     inner = max(1, outer // len(slices))
     results: list[Any] = [None] * len(slices)
+    replicas = _replicas.setdefault(learner.model, [])
+    replicas += [copy.deepcopy(learner.model) for _ in range(len(slices) - len(replicas))]
 
     def leaves(tensors: dict[str, Any]) -> dict[str, Any]:
         return {k: v.detach().requires_grad_(v.requires_grad) for k, v in tensors.items()}
@@ -110,11 +118,8 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     def work(j: int, lo: int, hi: int) -> None:
         try:
             torch.set_num_threads(inner)
-            key = (id(learner.model), j)
-            if key not in _replicas:
-                _replicas[key] = copy.deepcopy(learner.model)
             local = Learner(
-                _replicas[key], leaves(learner.params), leaves(learner.inner_lr), learner.task, learner.head,
+                replicas[j], leaves(learner.params), leaves(learner.inner_lr), learner.task, learner.head,
                 leaves(learner.extra), learner.per_step_lr, learner.precision,
             )  # fmt: skip
             for p in local.parameters():

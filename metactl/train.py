@@ -139,13 +139,17 @@ def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, st
     )
 
 
+def _save_theta(run: Path, learner: Learner) -> None:
+    runs.save_tensors(run / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
+
+
 def _save_snapshot(out: Path, learner: Learner, meta: dict[str, Any], step: int, elapsed: float) -> None:
     """θ and α at this step as a small run of its own (``metactl evaluate`` / ``adapt`` read it).
 
     ``seconds`` is the training time so far: setup and any validation are not in it."""
     snap = out / runs.SNAPSHOTS / f"step-{step:07d}"
     snap.mkdir(parents=True, exist_ok=True)
-    runs.save_tensors(snap / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
+    _save_theta(snap, learner)
     runs.atomic_write_json(snap / runs.META, {**meta, "status": "snapshot", "steps_done": step, "seconds": round(elapsed, 3)})
 
 
@@ -285,10 +289,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
             opt.zero_grad(set_to_none=False)
             if hasattr(algo, "progress"):  # schedules (e.g. Reptile's annealed β) read the fraction done
                 algo.progress = step / cfg.steps
-            if workers > 1:
-                metrics = task_parallel_meta_gradient(algo, learner, to_batch(ep, device), workers)
-            else:
-                metrics = algo.meta_gradient(learner, to_batch(ep, device))
+            metrics = task_parallel_meta_gradient(algo, learner, to_batch(ep, device), workers)
             if world.size > 1:  # identical mean meta-gradient (and logged metrics) on every rank
                 for p in learner.parameters():
                     if p.grad is None:
@@ -341,7 +342,7 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         world.barrier()  # wait for rank 0 to finish writing, then leave together
         return TrainResult(run_dir=Path(replaces or out), steps_done=step, seconds=seconds, stopped_by=stopped_by, skipped_steps=skipped)
     _save_checkpoint(out, learner, opt, step, seconds, bad)
-    runs.save_tensors(out / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
+    _save_theta(out, learner)
     val_curve: list[dict[str, float]] = []
     if data.val is not None:
         val_curve = val_curve_now()

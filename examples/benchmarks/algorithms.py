@@ -31,13 +31,21 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
+def glyph_batches(meta_batch: int, count: int) -> list:
+    """``count`` meta-batches of the benchmarks' setting: glyph episodes, 5-way 1-shot, 15 queries per class."""
+    from metactl.data import glyphs
+    from metactl.data.episodes import ClassificationEpisodes, training_tasks
+    from metactl.evaluate import to_batch
+
+    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
+    return [to_batch(training_tasks(sampler, 0, s, range(meta_batch))) for s in range(count)]
+
+
 def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, checkpoint_inner: bool = False, task_threads: int = 0) -> None:
     import torch
 
     from metactl.config import TrainConfig
     from metactl.data import glyphs
-    from metactl.data.episodes import ClassificationEpisodes, training_tasks
-    from metactl.evaluate import to_batch
     from metactl.perf import task_parallel_meta_gradient, task_workers, tune_malloc
     from metactl.registry import load_algorithm, make_config
     from metactl.train import init_learner, make_optimizer
@@ -47,8 +55,7 @@ def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, ch
     cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000, checkpoint_inner=checkpoint_inner, task_threads=task_threads)
     cls = load_algorithm(algo)
     impl = cls(make_config(cls, {}), cfg)
-    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
-    batches = [to_batch(training_tasks(sampler, 0, s, range(meta_batch))) for s in range(repeats + 1)]
+    batches = glyph_batches(meta_batch, repeats + 1)
     learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", getattr(impl, "inner_lr_shape", "layer"))
     if hasattr(impl, "setup"):
         impl.setup(learner, {"train_classes": glyphs.TRAIN[1]})
@@ -59,10 +66,7 @@ def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, ch
     for b in batches:
         t = time.perf_counter()
         opt.zero_grad()
-        if workers > 1:
-            task_parallel_meta_gradient(impl, learner, b, workers)
-        else:
-            impl.meta_gradient(learner, b)
+        task_parallel_meta_gradient(impl, learner, b, workers)
         opt.step()
         times.append(time.perf_counter() - t)
     times = sorted(times[1:])

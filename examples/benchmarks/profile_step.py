@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from algorithms import glyph_batches
 
 GROUPS = [
     ("conv backward", ("convolution_backward",)),
@@ -46,9 +50,6 @@ def group_of(name: str) -> str:
 
 def profile_one(algo: str, precision: str, steps: int, top: int) -> dict:
     from metactl.config import TrainConfig
-    from metactl.data import glyphs
-    from metactl.data.episodes import ClassificationEpisodes, training_tasks
-    from metactl.evaluate import to_batch
     from metactl.registry import load_algorithm, make_config
     from metactl.train import init_learner
 
@@ -56,8 +57,7 @@ def profile_one(algo: str, precision: str, steps: int, top: int) -> dict:
     cls = load_algorithm(algo)
     impl = cls(make_config(cls, {}), cfg)
     learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", getattr(impl, "inner_lr_shape", "layer"))
-    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
-    batches = [to_batch(training_tasks(sampler, 0, s, range(32))) for s in range(steps + 1)]
+    batches = glyph_batches(32, steps + 1)
     impl.meta_gradient(learner, batches[0])
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t = time.perf_counter()

@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from algorithms import glyph_batches
 
 
 def main() -> None:
@@ -36,9 +40,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from metactl.config import TrainConfig
-    from metactl.data import glyphs
-    from metactl.data.episodes import ClassificationEpisodes, training_tasks
-    from metactl.evaluate import to_batch
     from metactl.models import conv4
     from metactl.perf import task_parallel_meta_gradient, tune_malloc
     from metactl.registry import load_algorithm, make_config
@@ -46,8 +47,7 @@ def main() -> None:
 
     tune_malloc()
     torch.set_num_threads(args.threads)
-    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
-    batches = [to_batch(training_tasks(sampler, 0, s, range(32))) for s in range(args.repeats + 1)]
+    batches = glyph_batches(32, args.repeats + 1)
     variants = list(itertools.product(("fp32", "bf16"), ("nchw", "channels-last"), ("intra-op", "task-threads")))
     rows = {}
     for algo in args.algos.split(","):

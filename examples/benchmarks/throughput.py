@@ -38,7 +38,7 @@ CONFIGS = [("maml", 1), ("maml", 5), ("fomaml", 1), ("metasgd", 1), ("anil", 5),
 LR = 0.4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from algorithms import _rss_kb  # noqa: E402  (peak memory, read the same way as algorithms.py)
+from algorithms import _rss_kb, glyph_batches  # noqa: E402  (peak memory and batches as algorithms.py)
 from meta_step import hand_written_model as hand_model  # noqa: E402  (the same reference Conv-4)
 
 
@@ -142,8 +142,6 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
 
     from metactl.config import TrainConfig
     from metactl.data import glyphs
-    from metactl.data.episodes import ClassificationEpisodes, training_tasks
-    from metactl.evaluate import to_batch
 
     if impl.startswith("metactl") or same_allocator:
         from metactl.perf import tune_malloc
@@ -151,8 +149,7 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
         tune_malloc()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    sampler = ClassificationEpisodes(glyphs.GlyphPool(*glyphs.TRAIN), 5, 1, 15)
-    batches = [to_batch(training_tasks(sampler, 0, s, range(meta_batch))) for s in range(repeats + 1)]
+    batches = glyph_batches(meta_batch, repeats + 1)
 
     if impl.startswith("metactl"):
         from metactl.registry import load_algorithm, make_config
@@ -173,10 +170,7 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
 
         def step(batch: Any) -> None:
             opt.zero_grad()
-            if workers > 1:
-                task_parallel_meta_gradient(impl_obj, learner, batch, workers)
-            else:
-                impl_obj.meta_gradient(learner, batch)
+            task_parallel_meta_gradient(impl_obj, learner, batch, workers)
             opt.step()
 
     elif impl == "hand":

@@ -32,12 +32,12 @@ def _unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(c, dtype=dtype, device=x.device), torch.ones(c, dtype=dtype, device=x.device)
 
 
-CHANNELS_LAST = True  # switch for the benchmark (examples/benchmarks/throughput.py --layouts)
+CHANNELS_LAST = True  # switch for the A/B benchmark (examples/benchmarks/speed_options.py)
 
 
 def _fast_layout(x: torch.Tensor) -> torch.memory_format | None:
     """channels-last activations for float32 training/adaptation on CPU, where oneDNN's NHWC
-    convolution and max-pool kernels are faster (examples/benchmarks/throughput.py measures it);
+    convolution and max-pool kernels are faster (examples/benchmarks/speed_options.py measures it);
     NCHW elsewhere (bf16 autocast, where it measured no faster; inference; export; CUDA)."""
     if (
         CHANNELS_LAST
@@ -121,7 +121,7 @@ class Conv4(nn.Module):
             # pool, then ReLU: the same values and gradients as ReLU-then-pool (ReLU is monotone and
             # max picks the same element), with the ReLU on a 4x smaller tensor
             x = F.relu(F.max_pool2d(norm(y, ref, tasks), 2))
-        return x.flatten(1).contiguous()
+        return x.flatten(1)
 
     def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> torch.Tensor:
         """``tasks`` > 1: x is that many task-major blocks, each normalised on its own (ANIL's batched body).
