@@ -15,8 +15,8 @@ the rest of the batch: the same computation meta-training and validation used (`
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
+import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,14 +24,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from metactl import __version__, runs
-from metactl.api import Learner, Params
+from metactl.api import Inputs, Params
+from metactl.config import TrainConfig
 from metactl.data.support import LabeledImages, read_labeled_folder
 from metactl.errors import MetactlError
+from metactl.evaluate import algorithm_of_run
 from metactl.models import build_model
-from metactl.models.conv4 import TaskNorm2d
+from metactl.perf import check_device
 
 MODEL = "model.safetensors"
 
@@ -48,51 +51,15 @@ class AdaptResult:
     seconds: float = 0.0
 
 
-def with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, dict[str, Any]]:
-    if n == int(spec["num_classes"]):
-        return learner, spec
-    spec = {**spec, "num_classes": n}
-    device = next(iter(learner.params.values())).device
-    model = build_model(spec).to(device)
-    params = dict(learner.params)
-    lr = dict(learner.inner_lr)
-    for name in learner.head:
-        params[name] = torch.zeros_like(dict(model.named_parameters())[name]).requires_grad_(True)
-        a = lr.get(name)
-        if a is not None and a.dim() > int(learner.per_step_lr):  # element-wise α (Meta-SGD) is per old class: use its mean per step
-            lr[name] = a.flatten(int(learner.per_step_lr)).mean(-1).detach()
-    return Learner(model, params, lr, learner.task, learner.head, learner.extra, learner.per_step_lr), spec
-
-
-def norm_statistics(model: nn.Module, params: Params, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel mean and (biased) variance each normalisation layer sees for ``x`` at ``params``."""
-    stats: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, TaskNorm2d):
-
-            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                h = args[0].detach()
-                stats[f"{name}.mean"] = h.mean(dim=(0, 2, 3))
-                stats[f"{name}.var"] = h.var(dim=(0, 2, 3), unbiased=False)
-
-            hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(model, params, (x,))
-    finally:
-        for h in hooks:
-            h.remove()
-    return stats
+def norm_statistics(model: nn.Module, params: Params, x: Inputs) -> dict[str, torch.Tensor]:
+    """The tensors the model freezes for deployment (its normalisation statistics of ``x`` at ``params``)."""
+    return model.deployment_buffers(params, x)  # type: ignore[operator]
 
 
 def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
     """The adapted model with frozen normalisation statistics, in eval mode."""
     model = build_model(spec)
-    for module in model.modules():
-        if isinstance(module, TaskNorm2d):
-            module.mean = torch.zeros_like(module.weight.detach())
-            module.var = torch.ones_like(module.weight.detach())
+    model.prepare_deployment()  # type: ignore[operator]
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -113,24 +80,6 @@ def _accuracy_table(pred: np.ndarray, target: np.ndarray, labels: list[str]) -> 
     return rows
 
 
-def write_dir_atomically(out: Path, force: bool, files: dict[str, bytes]) -> None:
-    """Write all files into a temp folder beside ``out``, then swap it in (replacing only with --force)."""
-    if out.exists() and not force:
-        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
-    if out.exists() and not out.is_dir():
-        raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name, data in files.items():
-            runs.atomic_write_bytes(tmp / name, data)
-        tmp.chmod(0o755)
-        runs.replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def adapt(
     support: Path,
     run: Path | None = None,
@@ -141,23 +90,11 @@ def adapt(
     device: str = "cpu",
 ) -> AdaptResult:
     """Adapt on ``device`` (the inner loop); the adapted model is built, checked and saved on the CPU."""
-    import json
-    import time
-
-    from safetensors.torch import save
-
-    from metactl.config import TrainConfig
-    from metactl.registry import load_algorithm, make_config
-    from metactl.train import load_run
-
     t0 = time.perf_counter()
-    if out.exists() and not force:  # fail before any work
-        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
-    from metactl.perf import check_device
-
+    runs.ensure_out_free(out, force)  # fail before any work
     check_device(device)
     run = run or runs.latest_run()
-    meta, learner = load_run(run, device)
+    meta, learner = runs.load_run(run, device)
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
         raise MetactlError(f"{run}: adapt needs an image classification run (this one is {meta.get('task')}).", "Meta-train on image data.")
     # the model expects ink = 255; whether the user's files need inverting is read off the support folder
@@ -171,15 +108,14 @@ def adapt(
     k = int(meta.get("adapt_steps", cfg.test_inner_steps)) if steps is None else steps
     if k < 0:
         raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
-    algo_cls = load_algorithm(meta["algorithm"]["name"])
-    algo = algo_cls(make_config(algo_cls, meta["algorithm"].get("config", {})), cfg)
-    learner, spec = with_head(learner, meta["model"], len(data.labels))
+    algo = algorithm_of_run(meta, cfg)
+    learner, spec = runs.with_head(learner, meta["model"], len(data.labels))
     sx, sy = to_input(data.images), torch.from_numpy(data.targets)
     dx, dy = sx.to(device), sy.to(device)
     trajectory = algo.adapt(learner, dx, dy, k)
     with torch.no_grad():
         losses = [float(learner.loss(learner.forward(p, dx), dy)) for p in trajectory]
-    phi = trajectory[-1]
+    phi = {**learner.frozen, **trajectory[-1]}  # the whole model: frozen weights too
     tensors = {k2: v.detach() for k2, v in phi.items()}
     tensors.update(norm_statistics(learner.model, phi, dx))
     tensors = {k2: v.cpu() for k2, v in tensors.items()}
@@ -214,7 +150,7 @@ def adapt(
         "created": datetime.now().isoformat(timespec="seconds"),
     }
     blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})
-    write_dir_atomically(out, force, {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()})
+    runs.write_dir_atomically(out, force, {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()})
     return AdaptResult(out, data.labels, losses, support_acc, query_acc, per_class, data.skipped, time.perf_counter() - t0)
 
 

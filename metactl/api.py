@@ -1,19 +1,29 @@
 """The algorithm contract and the small types it speaks.
 
-An algorithm is any class with this shape (a ``typing.Protocol``: no base class to inherit),
-registered under the ``metactl.algorithms`` entry-point group.
+An algorithm is a class registered under the ``metactl.algorithms`` entry-point group that has
+every member of :class:`Algorithm` (a ``typing.Protocol``). :class:`AlgorithmBase` holds the
+defaults of the optional hooks: subclass it and write ``meta_gradient`` and ``adapt``, or write
+every hook yourself. ``metactl.registry.check_contract`` names any member that is missing, and
+``metactl.testing.check_algorithm`` runs the whole contract suite on an algorithm.
 
-The trainer owns the outer update: ``meta_gradient`` fills ``.grad`` of ``learner.params`` (θ)
-and ``learner.inner_lr`` (α) for one meta-batch and returns metrics; the trainer then checks the
-gradients for NaN/inf, (all-)reduces them and takes the optimizer step. Keeping the update out of
-the algorithm lets every algorithm share checkpointing, fault handling and distribution.
+The trainer owns the outer update: ``meta_gradient`` adds the meta-gradient of one meta-batch
+into ``.grad`` of θ (``learner.params``), of α (``learner.inner_lr``) and of the algorithm's
+``learner.extra``, and returns metrics; the trainer then checks the gradients for NaN/inf,
+(all-)reduces them and takes the optimizer step. Keeping the update out of the algorithm lets
+every algorithm share checkpointing, fault handling and distribution.
+
+Everything here is modality-neutral: an example's input is one tensor (pixels, points) or a dict
+of tensors with the same leading dimensions (``{"input_ids": ..., "attention_mask": ...}``);
+algorithms reach the model only through :class:`Learner` and move inputs with :func:`cat_inputs`
+and :func:`map_inputs`, so they never know which it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +31,74 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 Params = dict[str, Tensor]
+Inputs = Tensor | Mapping[str, Tensor]
+"""A batch of example inputs: one tensor, or named tensors sharing their leading dimensions."""
+
+InnerLrShape = Literal["layer", "element", "step"]
+INNER_LR_SHAPES: tuple[str, ...] = ("layer", "element", "step")
+
+
+def map_inputs(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:
+    """Apply ``fn`` to the tensor, or to each tensor of a dict of inputs."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    return {k: fn(v) for k, v in x.items()}
+
+
+def cat_inputs(xs: Sequence[Inputs], dim: int = 0) -> Inputs:
+    """``torch.cat`` for inputs (a dict: key by key; all items of one kind)."""
+    first = xs[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(xs), dim=dim)  # type: ignore[arg-type]
+    return {k: torch.cat([x[k] for x in xs], dim=dim) for k in first}  # type: ignore[index]
+
+
+def inputs_len(x: Inputs, dim: int = 0) -> int:
+    """The size of dimension ``dim`` (the same for every tensor of a dict)."""
+    t = x if isinstance(x, Tensor) else next(iter(x.values()))
+    return int(t.shape[dim])
+
+
+def inputs_device(x: Inputs) -> torch.device:
+    t = x if isinstance(x, Tensor) else next(iter(x.values()))
+    return t.device
 
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """B tasks on the model's device: support (B, M, ...) and query (B, Q, ...)."""
+    """B tasks on the model's device: support inputs (B, M, ...) and query inputs (B, Q, ...)."""
 
-    support_x: Tensor
+    support_x: Inputs
     support_y: Tensor
-    query_x: Tensor
+    query_x: Inputs
     query_y: Tensor
     classes: Tensor | None = None  # (B, N) pool indices of each task's classes (label j = classes[b, j])
 
     def __len__(self) -> int:
-        return self.support_x.shape[0]
+        return int(self.support_y.shape[0])
+
+    def task(self, i: int) -> tuple[Inputs, Tensor, Inputs, Tensor]:
+        """Task ``i`` as (support x, support y, query x, query y)."""
+        pick: Callable[[Tensor], Tensor] = lambda t: t[i]  # noqa: E731
+        return map_inputs(pick, self.support_x), self.support_y[i], map_inputs(pick, self.query_x), self.query_y[i]
+
+    def tasks(self, lo: int, hi: int) -> TaskBatch:
+        """Tasks ``lo..hi-1`` as a batch of their own."""
+        part: Callable[[Tensor], Tensor] = lambda t: t[lo:hi]  # noqa: E731
+        return TaskBatch(
+            map_inputs(part, self.support_x), self.support_y[lo:hi], map_inputs(part, self.query_x), self.query_y[lo:hi],
+            None if self.classes is None else self.classes[lo:hi],
+        )  # fmt: skip
 
 
 @dataclass
 class Learner:
-    """θ, the per-layer inner learning rates α, and how to evaluate the model with given weights."""
+    """θ, the per-layer inner learning rates α, and how to evaluate the model with given weights.
+
+    ``params`` (θ) are the meta-learned weights: the outer optimizer, α, checkpoints and the run
+    dir hold exactly these. ``frozen`` are weights the model needs but nothing learns (a pretrained
+    body): they go into every forward pass and nowhere else.
+    """
 
     model: nn.Module
     params: Params  # θ: leaf tensors, requires_grad
@@ -49,22 +108,28 @@ class Learner:
     extra: Params = field(default_factory=dict)  # outer-loop parameters an algorithm owns (not part of θ)
     per_step_lr: bool = False  # α[name] has one entry per inner step (MAML++ LSLR); steps past the end reuse the last
     precision: str = "fp32"  # "bf16": forward passes under CPU/CUDA autocast, outputs returned as float32
+    frozen: Params = field(default_factory=dict)  # weights used in the forward pass, never learned
+
+    def replace(self, **changes: Any) -> Learner:
+        """A copy with some fields changed (every other field kept)."""
+        return dataclasses.replace(self, **changes)
 
     def lr(self, name: str, step: int = 0) -> Tensor:
         """α for parameter ``name`` at inner step ``step``."""
         a = self.inner_lr[name]
         return a[min(step, a.shape[0] - 1)] if self.per_step_lr else a
 
-    def _call(self, params: Params, x: Tensor, kwargs: dict[str, Any]) -> Tensor:
+    def _call(self, params: Params, x: Inputs, kwargs: dict[str, Any]) -> Tensor:
+        weights = {**self.frozen, **params} if self.frozen else params
         if self.precision == "bf16":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return functional_call(self.model, params, (x,), kwargs).float()
-        return functional_call(self.model, params, (x,), kwargs)
+            with torch.autocast(inputs_device(x).type, dtype=torch.bfloat16):
+                return functional_call(self.model, weights, (x,), kwargs).float()
+        return functional_call(self.model, weights, (x,), kwargs)
 
-    def forward(self, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
+    def forward(self, params: Params, x: Inputs, ref: int | None = None) -> Tensor:
         return self._call(params, x, {"ref": ref})
 
-    def features(self, params: Params, x: Tensor, ref: int | None = None, tasks: int = 1) -> Tensor:
+    def features(self, params: Params, x: Inputs, ref: int | None = None, tasks: int = 1) -> Tensor:
         """The body's output (no head); ``tasks`` > 1 normalises each task-major block on its own."""
         return self._call(params, x, {"ref": ref, "tasks": tasks, "return_features": True})
 
@@ -82,29 +147,93 @@ class Learner:
             return float((out.argmax(-1) == y).float().mean())
         return float(F.mse_loss(out, y))
 
-    def predict_query(self, params: Params, sx: Tensor, qx: Tensor) -> Tensor:
+    def predict_query(self, params: Params, sx: Inputs, qx: Inputs) -> Tensor:
         """Query outputs with normalisation statistics from the support set only."""
-        n = sx.shape[0]
-        return self.forward(params, torch.cat([sx, qx]), ref=n)[n:]
+        n = inputs_len(sx)
+        return self.forward(params, cat_inputs([sx, qx]), ref=n)[n:]
 
     def parameters(self) -> list[Tensor]:
         """Everything the outer optimizer updates: θ, learned α, the algorithm's extra parameters."""
         return list(self.params.values()) + [a for a in self.inner_lr.values() if a.requires_grad] + list(self.extra.values())
 
 
-@runtime_checkable
+@dataclass(frozen=True)
+class SetupInfo:
+    """What ``Algorithm.setup`` learns about the training data."""
+
+    train_classes: int = 0  # distinct training classes (0 for regression)
+
+
 class Algorithm(Protocol):
+    """Every member a metactl algorithm has. :class:`AlgorithmBase` provides the optional ones."""
+
+    name: ClassVar[str]
+    """The ``--algo`` name (the entry point's name)."""
+    description: ClassVar[str]
+    """One line for ``metactl algorithms``."""
+    Config: ClassVar[type]
+    """A dataclass of the algorithm's own options (``algo_options`` in a config file); validate in ``__post_init__``."""
+    task_parallel: ClassVar[bool]
+    """True when the meta-gradient and metrics are means over independent tasks: the trainer may then split
+    the meta-batch over task threads (``--task-threads``) and sum the parts. False: one call per meta-batch."""
+
+    config: Any
+    """The Config instance, set by ``__init__(config, train)``; recorded in the run's ``metactl.json``."""
+    inner_lr_shape: InnerLrShape
+    """The shape of α: ``"layer"`` (one scalar per parameter tensor), ``"element"`` (one per weight, Meta-SGD)
+    or ``"step"`` (one scalar per parameter tensor and inner step, MAML++ LSLR)."""
+
+    def setup(self, learner: Learner, info: SetupInfo) -> None:
+        """Called once before training (not on resume's restored values): check the task, add ``learner.extra``."""
+        ...
+
+    def make_optimizer(self, groups: list[dict[str, Any]], train: Any) -> torch.optim.Optimizer:
+        """The outer optimizer over the parameter groups (θ, α if learned, extra). Default: Adam at ``train.meta_lr``."""
+        ...
+
+    def begin_step(self, step: int, total: int) -> None:
+        """Called before each meta-step with the 0-based step and the planned total (schedules read it)."""
+        ...
+
+    def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
+        """Add the meta-gradient of one meta-batch into ``.grad`` of θ, α and extra; never step them.
+        Returns at least ``loss`` and ``metric`` (means over the tasks)."""
+        ...
+
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
+        """The inner loop, pure: the weights after each of 0..steps steps (detached); θ and α untouched."""
+        ...
+
+
+HOOKS: tuple[str, ...] = ("setup", "make_optimizer", "begin_step", "meta_gradient", "adapt")
+CLASS_ATTRIBUTES: tuple[str, ...] = ("name", "description", "Config", "task_parallel")
+INSTANCE_ATTRIBUTES: tuple[str, ...] = ("config", "inner_lr_shape")
+
+
+class AlgorithmBase:
+    """Defaults for the optional members of :class:`Algorithm`; subclass it and write
+    ``meta_gradient`` and ``adapt`` (and ``name``, ``description``, ``Config``)."""
+
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type]
+    task_parallel: ClassVar[bool] = False
+    inner_lr_shape: InnerLrShape = "layer"
+
+    def __init__(self, config: Any, train: Any) -> None:
+        self.config = config
+
+    def setup(self, learner: Learner, info: SetupInfo) -> None:
+        return None
+
+    def make_optimizer(self, groups: list[dict[str, Any]], train: Any) -> torch.optim.Optimizer:
+        return torch.optim.Adam(groups, lr=train.meta_lr)
+
+    def begin_step(self, step: int, total: int) -> None:
+        return None
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        """Accumulate the meta-gradient of one meta-batch into ``.grad`` of θ and α."""
-        ...
+        raise NotImplementedError(f"{type(self).__name__}.meta_gradient")
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
-        """The inner loop, pure: returns the weights after each of 0..steps steps (detached)."""
-        ...
-
-
-AlgorithmFactory = Callable[[Any, Any], Algorithm]
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
+        raise NotImplementedError(f"{type(self).__name__}.adapt")

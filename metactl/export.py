@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from metactl import __version__, runs
-from metactl.adapt import MODEL, load_adapted, write_dir_atomically
+from metactl.adapt import MODEL, load_adapted
 from metactl.data.support import read_labeled_folder
 from metactl.errors import MetactlError
 
@@ -28,21 +27,6 @@ ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 OPSET = 18
 TOLERANCE = 1e-4
-
-
-class Deployed(nn.Module):
-    """Raw pixels (0-255) -> class probabilities, all preprocessing inside."""
-
-    def __init__(self, model: nn.Module, invert: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.invert = invert
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float() * (1.0 / 255.0)
-        if self.invert:
-            x = 1.0 - x
-        return torch.softmax(self.model(x), dim=-1)
 
 
 @dataclass
@@ -54,7 +38,7 @@ class ExportResult:
     files: list[str]
 
 
-def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
+def _onnx_bytes(module: Any, metadata: dict[str, str]) -> bytes:
     import logging
     import warnings
 
@@ -62,14 +46,14 @@ def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
 
     # the exporter logs one warning per optional torchvision op it cannot register: noise for us
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    example = torch.zeros(2, 1, size, size)
+    example = module.example_inputs()
     batch = torch.export.Dim("batch", min=1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation chatter
             program = torch.onnx.export(
-                module, (example,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
-                dynamic_shapes={"pixels": {0: batch}}, opset_version=OPSET, external_data=False, verbose=False,
+                module, example, dynamo=True, input_names=module.input_names, output_names=module.output_names,
+                dynamic_shapes={name: {0: batch} for name in module.input_names}, opset_version=OPSET, external_data=False, verbose=False,
             )  # fmt: skip
     except Exception as exc:  # the exporter's own failures are not the user's fault but must not crash silently
         raise MetactlError(f"ONNX export failed: {type(exc).__name__}: {exc}", "Please report this with the adapted folder.") from None
@@ -80,19 +64,24 @@ def _onnx_bytes(module: Deployed, size: int, metadata: dict[str, str]) -> bytes:
     return data
 
 
-def _run_onnx(data: bytes, raw: np.ndarray) -> np.ndarray:
+def _run_onnx(data: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return sess.run(["probabilities"], {"pixels": raw.astype(np.float32)})[0]
+    return sess.run(["probabilities"], inputs)[0]
 
 
-def _quantize(data: bytes, calibration: np.ndarray, workdir: Path) -> bytes:
+def _rows(inputs: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in inputs.items()}
+
+
+def _quantize(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) -> bytes:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{"pixels": calibration[i : i + 1].astype(np.float32)} for i in range(len(calibration))])
+            n = len(next(iter(calibration.values())))
+            self.items = iter([_rows(calibration, slice(i, i + 1)) for i in range(n)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
@@ -125,12 +114,11 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
 
     if quantize not in (None, "int8"):
         raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")
-    if out.exists() and not force:
-        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    runs.ensure_out_free(out, force)
     meta, model = load_adapted(source)
     prep = meta["preprocessing"]
-    size, invert = int(prep["size"]), bool(prep.get("invert", False))
-    deployed = Deployed(model, invert).eval()
+    size = int(prep["size"])
+    deployed = model.export_module(prep).eval()  # type: ignore[operator]
     metadata = {
         "labels": json.dumps(meta["labels"], ensure_ascii=False),
         "preprocessing": json.dumps({**prep, "input": "pixels: float32 raw values 0-255, NCHW (batch, 1, size, size); grayscale, resized, not inverted"}),
@@ -138,7 +126,7 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "adapted_from": str(source.resolve()),
         "metactl_version": __version__,
     }
-    data = _onnx_bytes(deployed, size, metadata)
+    data = _onnx_bytes(deployed, metadata)
     # check the file against torch on the support (and query) images, as a client sends them: not inverted
     support = _folder_images(meta.get("support"), prep)
     query = _folder_images(meta.get("query"), prep)
@@ -146,9 +134,9 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     if support is None:  # the folders moved since adapt: check on a fixed random batch instead
         support, checked_on = np.random.default_rng(0).integers(0, 256, (16, size, size)).astype(np.uint8), "random pixels"
     images = support if query is None else np.concatenate([support, query])
-    raw = (255 - images if invert else images).astype(np.float32)[:, None]
+    raw = deployed.client_inputs(images)
     with torch.no_grad():
-        expected = deployed(torch.from_numpy(raw)).numpy()
+        expected = deployed(*(torch.from_numpy(raw[name]) for name in deployed.input_names)).numpy()
     got = _run_onnx(data, raw)
     diff = float(np.abs(expected - got).max())
     if not diff <= TOLERANCE:
@@ -156,11 +144,11 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     files = {ONNX: data}
     agreement = None
     if quantize == "int8":
-        calibration = raw[: len(support)]
+        calibration = _rows(raw, slice(None, len(support)))
         with tempfile.TemporaryDirectory() as tmp:
             q = _quantize(data, calibration, Path(tmp))
         held = slice(len(support), None) if query is not None else slice(None)  # queries: not calibrated on
-        agreement = float((_run_onnx(q, raw[held]).argmax(-1) == got[held].argmax(-1)).mean())
+        agreement = float((_run_onnx(q, _rows(raw, held)).argmax(-1) == got[held].argmax(-1)).mean())
         files[ONNX_INT8] = q
     tensors = runs.load_tensors(source / MODEL)
     files[MODEL] = save(tensors, metadata={"format": "metactl-adapted", "metactl_version": __version__})
@@ -178,7 +166,7 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "output": {"name": "probabilities", "shape": ["batch", len(meta["labels"])]},
         "opset": OPSET,
         "check": {
-            "images": len(raw),
+            "images": len(images),
             "on": checked_on,
             "max_abs_diff": diff,
             "tolerance": TOLERANCE,
@@ -195,8 +183,8 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "source_run": meta.get("source_run"),
     }
     files[runs.META] = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
-    write_dir_atomically(out, force, files)
+    runs.write_dir_atomically(out, force, files)
     return ExportResult(out, diff, agreement, OPSET, sorted(files))
 
 
-__all__ = ["Deployed", "ExportResult", "export"]
+__all__ = ["ExportResult", "export"]

@@ -15,13 +15,13 @@ from collections.abc import Collection
 import torch
 from torch import Tensor
 
-from metactl.api import Learner, Params
+from metactl.api import Inputs, Learner, Params
 
 
 def inner_step(
     learner: Learner,
     params: Params,
-    x: Tensor,
+    x: Inputs,
     y: Tensor,
     *,
     second_order: bool,
@@ -55,12 +55,13 @@ def inner_loop(
     return params
 
 
-def adapt_trajectory(learner: Learner, x: Tensor, y: Tensor, steps: int, names: Collection[str] | None = None) -> list[Params]:
+def adapt_trajectory(learner: Learner, x: Inputs, y: Tensor, steps: int, names: Collection[str] | None = None) -> list[Params]:
     """Test-time adaptation from θ: detached weights after 0..steps steps (no outer graph)."""
     with torch.enable_grad():
         params = {k: v.detach().requires_grad_(True) for k, v in learner.params.items()}
         lr = {k: v.detach() for k, v in learner.inner_lr.items()}
-        frozen = Learner(learner.model, params, lr, learner.task, learner.head, per_step_lr=learner.per_step_lr)
+        # test-time adaptation runs in float32 whatever the training precision; the algorithm's extra parameters play no part
+        frozen = learner.replace(params=params, inner_lr=lr, extra={}, precision="fp32")
         out = [{k: v.detach() for k, v in params.items()}]
         for step in range(steps):
             params, _ = inner_step(frozen, params, x, y, second_order=False, names=names, step=step)

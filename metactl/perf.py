@@ -101,8 +101,6 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
 
     import torch
 
-    from metactl.api import Learner, TaskBatch
-
     b = len(batch)
     bounds = [round(i * b / workers) for i in range(workers + 1)]
     slices = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
@@ -118,13 +116,10 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     def work(j: int, lo: int, hi: int) -> None:
         try:
             torch.set_num_threads(inner)
-            local = Learner(
-                replicas[j], leaves(learner.params), leaves(learner.inner_lr), learner.task, learner.head,
-                leaves(learner.extra), learner.per_step_lr, learner.precision,
-            )  # fmt: skip
+            local = learner.replace(model=replicas[j], params=leaves(learner.params), inner_lr=leaves(learner.inner_lr), extra=leaves(learner.extra))
             for p in local.parameters():
                 p.grad = torch.zeros_like(p)
-            part = TaskBatch(*(t[lo:hi] if t is not None else None for t in (batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.classes)))
+            part = batch.tasks(lo, hi)
             metrics = algo.meta_gradient(local, part)
             results[j] = (metrics, [p.grad for p in local.parameters()])
         except BaseException as exc:  # re-raised on the calling thread

@@ -114,16 +114,44 @@ def load_algorithm(name: str) -> Any:
 
 
 def check_contract(cls: Any) -> list[str]:
+    """What the class lacks of :class:`metactl.api.Algorithm` (empty when nothing): each member by name."""
+    from metactl.api import CLASS_ATTRIBUTES, HOOKS, AlgorithmBase
+
     problems = []
-    for attr in ("name", "description", "Config"):
+    for attr in CLASS_ATTRIBUTES:
         if not hasattr(cls, attr):
             problems.append(f"missing class attribute {attr!r}")
     if hasattr(cls, "Config") and not dataclasses.is_dataclass(cls.Config):
         problems.append("Config must be a dataclass")
-    for method in ("meta_gradient", "adapt"):
-        if not callable(getattr(cls, method, None)):
+    for method in HOOKS:
+        impl = getattr(cls, method, None)
+        if not callable(impl) or (method in ("meta_gradient", "adapt") and impl is getattr(AlgorithmBase, method)):
             problems.append(f"missing method {method}()")
     return problems
+
+
+def check_instance(algo: Any) -> list[str]:
+    """What a constructed algorithm lacks: its ``config`` and a valid ``inner_lr_shape``."""
+    from metactl.api import INNER_LR_SHAPES
+
+    problems = []
+    if not hasattr(algo, "config"):
+        problems.append("missing instance attribute 'config' (set it in __init__)")
+    shape = getattr(algo, "inner_lr_shape", None)
+    if shape not in INNER_LR_SHAPES:
+        problems.append(f"inner_lr_shape must be one of {', '.join(INNER_LR_SHAPES)} (got {shape!r})")
+    return problems
+
+
+def build_algorithm(name: str, options: dict[str, Any], train: Any) -> Any:
+    """The algorithm ``name`` with its Config from ``options``, for the TrainConfig ``train``; checked
+    against the contract once constructed (``config``, a valid ``inner_lr_shape``)."""
+    cls = load_algorithm(name)
+    algo = cls(make_config(cls, options), train)
+    problems = check_instance(algo)
+    if problems:
+        raise MetactlError(f"Algorithm {name!r} breaks the plugin contract: " + "; ".join(problems) + ".", "Fix the plugin.")
+    return algo
 
 
 def make_config(cls: Any, options: dict[str, Any]) -> Any:

@@ -19,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from metactl.api import Learner
 from metactl.errors import MetactlError
+from metactl.models import build_model
 
 THETA = "theta.safetensors"
 META = "metactl.json"
@@ -178,3 +180,87 @@ def latest_run(root: Path = Path("runs")) -> Path:
     if not runs:
         raise MetactlError(f"No run found under {root}/.", "Run `metactl meta-train` first, or pass --from RUN_DIR.")
     return max(runs, key=lambda p: (p / THETA).stat().st_mtime)
+
+
+def ensure_out_free(out: Path, force: bool) -> None:
+    """``--out`` must not exist unless ``--force``: checked before any work."""
+    if out.exists() and not force:
+        raise MetactlError(f"--out {out} already exists.", "Pass --force to replace it, or choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise MetactlError(f"--out {out} exists and is not a directory.", "Choose another --out.")
+
+
+def write_dir_atomically(out: Path, force: bool, files: dict[str, bytes]) -> None:
+    """Write all files into a temp folder beside ``out``, then swap it in (replacing only with --force)."""
+    ensure_out_free(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        tmp.chmod(0o755)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def split_model_parameters(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta-learned, frozen) parameters of a model, by its ``frozen_parameter_names()``."""
+    frozen_names = set(model.frozen_parameter_names())
+    named = dict(model.named_parameters())
+    return {k: v for k, v in named.items() if k not in frozen_names}, {k: v.detach() for k, v in named.items() if k in frozen_names}
+
+
+def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
+    """Read a run dir back into (metadata, learner with θ and α; frozen weights from the model itself).
+
+    The learner evaluates in float32 whatever precision the run trained in."""
+    import torch
+
+    meta = read_meta(run)
+    if meta.get("kind") != "run":
+        raise MetactlError(
+            f"{run}: not a meta-training run ({META} says kind={meta.get('kind')!r}).",
+            "Pass a directory written by metactl meta-train.",
+        )
+    require(meta, ("model", "config", "algorithm"), run)
+    if not (run / THETA).is_file():
+        raise MetactlError(
+            f"{run}: the run has no {THETA} yet (status {meta.get('status')!r}).",
+            f"Finish it: metactl meta-train --out {run} --resume",
+        )
+    theta, lr = split_theta(load_tensors(run / THETA))
+    model = build_model(meta["model"]).to(device)
+    expected, frozen = split_model_parameters(model)
+    if set(theta) != set(expected) or any(theta[k].shape != expected[k].shape for k in theta):
+        raise MetactlError(f"{run / THETA}: weights do not match the model in {META}.", "The run is damaged or from another version.")
+    params = {k: v.to(device).requires_grad_(True) for k, v in theta.items()}
+    inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
+    learner = Learner(
+        model=model, params=params, inner_lr=inner, task=meta.get("task", "classification"),
+        per_step_lr=meta.get("inner_lr_shape") == "step", frozen=frozen,
+    )  # fmt: skip
+    return meta, learner
+
+
+def with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, dict[str, Any]]:
+    """The learner for ``n`` classes: unchanged when ``n`` is the trained way count, else a
+    zero-initialised head (every label equally likely at step 0) keeping the head's learned α
+    (element-wise α, Meta-SGD's, is per old class: its mean per step is used)."""
+    import torch
+
+    if n == int(spec["num_classes"]):
+        return learner, spec
+    spec = {**spec, "num_classes": n}
+    device = next(iter(learner.params.values())).device
+    model = build_model(spec).to(device)
+    shapes = dict(model.named_parameters())
+    params = dict(learner.params)
+    lr = dict(learner.inner_lr)
+    for name in learner.head:
+        params[name] = torch.zeros_like(shapes[name]).requires_grad_(True)
+        a = lr.get(name)
+        if a is not None and a.dim() > int(learner.per_step_lr):
+            lr[name] = a.flatten(int(learner.per_step_lr)).mean(-1).detach()
+    return learner.replace(model=model, params=params, inner_lr=lr), spec

@@ -54,6 +54,7 @@ def check_algorithm(name: str, tmp: Path, **config: Any) -> None:
     from safetensors.torch import load_file
 
     from metactl.adapt import adapt
+    from metactl.api import SetupInfo
     from metactl.data import open_data
     from metactl.data.episodes import training_tasks
     from metactl.evaluate import to_batch
@@ -69,9 +70,8 @@ def check_algorithm(name: str, tmp: Path, **config: Any) -> None:
 
     # a meta-step gives finite metrics and changes θ
     data = open_data(cfg)
-    learner = init_learner(data.model_spec, cfg, data.kind, "cpu", getattr(algo, "inner_lr_shape", "layer"))
-    if hasattr(algo, "setup"):
-        algo.setup(learner, {"train_classes": data.train.pool.num_classes})  # type: ignore[attr-defined]
+    learner = init_learner(data.model_spec, cfg, data.kind, "cpu", algo.inner_lr_shape)
+    algo.setup(learner, SetupInfo(train_classes=data.train.pool.num_classes))  # type: ignore[attr-defined]
     opt = make_optimizer(algo, learner, cfg)
     before = {k: v.detach().clone() for k, v in learner.params.items()}
     batch = to_batch(training_tasks(data.train, cfg.seed, 0, range(cfg.meta_batch)))

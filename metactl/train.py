@@ -1,12 +1,22 @@
-"""``meta-train``: the outer loop shared by every algorithm.
+"""``meta-train``: the outer loop shared by every algorithm, as a recipe.
 
 The algorithm computes the meta-gradient of a meta-batch (``Algorithm.meta_gradient``); this
-module owns everything around it: data, model, θ and α, the Adam outer update, NaN/inf guards,
-validation, checkpoints, the time budget and the run dir.
+module owns everything around it, in four parts a reader can take one at a time:
+
+1. :func:`setup` — the output folder (new, ``--force`` or ``--resume``), the data, θ and α, the
+   algorithm's set-up, the optimizer, the checkpoint to resume from, the run's metadata;
+2. :func:`outer_step` — one meta-step: the meta-gradient, its all-reduce across workers
+   (:func:`reduce_gradients`), the NaN/inf guard (:func:`gradients_finite`) and the update;
+3. :func:`train_loop` — the loop and its periodic hooks (validation, metrics, snapshots,
+   checkpoints), stopping at the step count, the time budget (:func:`budget_spent`), Ctrl-C or too
+   many non-finite steps in a row;
+4. :func:`finish` — the last checkpoint, θ, the final validation and the ``adapt_steps`` it
+   chooses, and the swap of a ``--force`` run into place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +24,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,16 +33,17 @@ from typing import Any
 import torch
 
 from metactl import __version__, runs
-from metactl.api import Learner
+from metactl.api import Learner, SetupInfo
 from metactl.config import TrainConfig
 from metactl.data import TaskData, open_data
-from metactl.data.episodes import prefetch, training_tasks
+from metactl.data.episodes import EpisodeBatch, prefetch, training_tasks
+from metactl.data.tensors import to_batch
 from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
-from metactl.evaluate import adaptation_curve, summarise, to_batch
+from metactl.evaluate import adaptation_curve, summarise
 from metactl.models import build_model
 from metactl.perf import check_device, task_parallel_meta_gradient, task_workers, tune_malloc
-from metactl.registry import load_algorithm, make_config
+from metactl.registry import build_algorithm
 
 TRAIN_STREAM = 0
 
@@ -93,29 +104,32 @@ def _prepare_out(out: Path, force: bool, resume: bool) -> Path:
 
 
 def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device: str, inner_lr_shape: str = "layer") -> Learner:
-    """θ from the seed, and α = ``inner_lr`` per parameter tensor ("layer") or per element ("element", Meta-SGD)."""
+    """θ from the seed (the model's meta-learned parameters; its frozen ones stay out of θ), and
+    α = ``inner_lr`` per parameter tensor ("layer"), per element ("element", Meta-SGD) or per
+    parameter tensor and inner step ("step", MAML++ LSLR)."""
     torch.manual_seed(cfg.seed)
     model = build_model(model_spec).to(device)
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    learned, frozen = runs.split_model_parameters(model)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in learned.items()}
     if inner_lr_shape == "element":
         lr = {k: torch.full_like(v, float(cfg.inner_lr)).requires_grad_(cfg.learn_inner_lr) for k, v in params.items()}
     elif inner_lr_shape == "step":
         lr = {k: torch.full((max(1, cfg.inner_steps),), float(cfg.inner_lr), device=device).requires_grad_(cfg.learn_inner_lr) for k in params}
     else:
         lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
-    return Learner(model, params, lr, task, per_step_lr=inner_lr_shape == "step", precision=cfg.precision)
+    return Learner(
+        model=model, params=params, inner_lr=lr, task=task, per_step_lr=inner_lr_shape == "step", precision=cfg.precision, frozen=frozen,
+    )  # fmt: skip
 
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam on θ, α (if learned) and the algorithm's extra parameters, unless the algorithm brings its own."""
+    """The algorithm's outer optimizer (Adam by default) on θ, α (if learned) and its extra parameters."""
     groups: list[dict[str, Any]] = [{"params": list(learner.params.values()), "name": "theta"}]
     if cfg.learn_inner_lr:
         groups.append({"params": list(learner.inner_lr.values()), "name": "inner_lr"})
     if learner.extra:
         groups.append({"params": list(learner.extra.values()), "name": "extra"})
-    if hasattr(algo, "make_optimizer"):
-        return algo.make_optimizer(groups, cfg)
-    return torch.optim.Adam(groups, lr=cfg.meta_lr)
+    return algo.make_optimizer(groups, cfg)
 
 
 def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, step: int, elapsed: float, bad: int) -> None:
@@ -188,58 +202,81 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
         raise MetactlError(f"--resume with settings that differ from the run in {out}: " + ", ".join(diff) + ".", "Resume with the run's own settings.")
 
 
-def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None) -> TrainResult:
-    report = report or Reporter()
-    tune_malloc()
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    check_device(cfg.device)
-    algo_cls = load_algorithm(cfg.algo)
-    algo = algo_cls(make_config(algo_cls, cfg.algo_options), cfg)
-    world = init_from_env(cfg.device)
-    try:
-        return _meta_train(cfg, algo, world, out, force, resume, report)
-    finally:
-        shutdown(world)
+@dataclass
+class Session:
+    """Everything one meta-training holds, from :func:`setup` to :func:`finish`."""
+
+    cfg: TrainConfig
+    algo: Any
+    world: World
+    report: Reporter
+    device: str
+    out: Path  # the folder being written (a hidden .partial folder under --force)
+    replaces: str | None  # the run a --force run replaces when complete
+    data: TaskData
+    learner: Learner
+    opt: torch.optim.Optimizer
+    meta: dict[str, Any]
+    step: int = 0
+    bad: int = 0  # non-finite steps in a row
+    skipped: int = 0
+    elapsed_before: float = 0.0  # training seconds before a resume
+    t0: float = 0.0
+    val_seconds: float = 0.0  # validation inside the loop; snapshots report training time without it
+    stopped_by: str = "steps"
+    val_start: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.world.main
+
+    @property
+    def validate(self) -> bool:
+        return self.data.val is not None and self.main
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def val_curve(self) -> list[dict[str, float]]:
+        assert self.data.val is not None
+        cfg = self.cfg
+        return summarise(adaptation_curve(self.algo, self.learner, self.data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, self.device))
 
 
-def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bool, resume: bool, report: Reporter) -> TrainResult:
+def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bool, resume: bool, report: Reporter) -> Session:
+    """Output folder, data, θ and α, the algorithm's set-up, optimizer, checkpoint and metadata."""
     device = cfg.device
     if world.size > 1:
         if cfg.meta_batch % world.size:
             raise MetactlError(f"--meta-batch {cfg.meta_batch} does not split evenly over {world.size} workers.", "Use a meta-batch divisible by --nproc.")
         if device == "cuda":
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    main = world.main
     out = out or default_run_dir(cfg)
     replaces: str | None = None
     if resume:
         _prepare_out(out, force, resume)
         _check_resume_config(out, cfg)
         replaces = runs.read_meta(out).get("replaces")
-    data: TaskData = open_data(cfg, report.load)
-    if data.kind == "regression" and cfg.data != "sinusoid":  # pragma: no cover - future sources
-        raise MetactlError("unsupported regression source")
-    if not resume and main:
+    data = open_data(cfg, report.load)
+    if not resume and world.main:
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
         out = work
-    learner = init_learner(data.model_spec, cfg, data.kind, device, getattr(algo, "inner_lr_shape", "layer"))
-    if hasattr(algo, "setup"):  # e.g. pretrain's classifier over all training classes
-        pool = getattr(data.train, "pool", None)
-        algo.setup(learner, {"train_classes": pool.num_classes if pool is not None else 0})
+    learner = init_learner(data.model_spec, cfg, data.kind, device, algo.inner_lr_shape)
+    pool = getattr(data.train, "pool", None)
+    algo.setup(learner, SetupInfo(train_classes=pool.num_classes if pool is not None else 0))
     opt = make_optimizer(algo, learner, cfg)
-    start_step, elapsed_before, bad = (0, 0.0, 0)
+    s = Session(cfg, algo, world, report, device, out, replaces, data, learner, opt, meta={})
     if resume:
-        start_step, elapsed_before, bad = _load_checkpoint(out, learner, opt)
-        if main:
-            _truncate_metrics(out / runs.METRICS, start_step)
-            report.message(f"Resuming {out} from step {start_step}.")
+        s.step, s.elapsed_before, s.bad = _load_checkpoint(out, learner, opt)
+        if world.main:
+            _truncate_metrics(out / runs.METRICS, s.step)
+            report.message(f"Resuming {out} from step {s.step}.")
     world.broadcast_([t.data for t in learner.parameters()])
-
-    meta = {
+    s.meta = {
         "metactl_version": __version__,
         "kind": "run",
-        "algorithm": {"name": cfg.algo, "config": _asdict(algo.config)},
+        "algorithm": {"name": cfg.algo, "config": dataclasses.asdict(algo.config) if dataclasses.is_dataclass(algo.config) else {}},
         "config": cfg.to_dict(),
         "task": data.kind,
         "model": data.model_spec,
@@ -249,125 +286,151 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         "seed": cfg.seed,
         "budget": {"steps": cfg.steps, "time_budget_minutes": cfg.time_budget},
         "workers": world.size,
-        "inner_lr_shape": getattr(algo, "inner_lr_shape", "layer"),
+        "inner_lr_shape": algo.inner_lr_shape,
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     if replaces:
-        meta["replaces"] = replaces
-    validate = data.val is not None and main
+        s.meta["replaces"] = replaces
+    if world.main:
+        runs.atomic_write_json(out / runs.META, s.meta)
+        if s.validate and cfg.eval_every > 0 and s.step == 0:
+            s.val_start = s.val_curve()
+    return s
 
-    def val_curve_now() -> list[dict[str, float]]:
-        return summarise(adaptation_curve(algo, learner, data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, device))
 
-    val_start: list[dict[str, float]] = []
-    if main:
-        runs.atomic_write_json(out / runs.META, meta)
-        if validate and cfg.eval_every > 0 and start_step == 0:
-            val_start = val_curve_now()
+def reduce_gradients(world: World, learner: Learner, metrics: dict[str, float], device: str) -> dict[str, float]:
+    """The mean meta-gradient (and logged loss and metric) over all workers, identical on every rank.
+    A parameter a worker's tasks left without a gradient counts as zero there."""
+    if world.size <= 1:
+        return metrics
+    for p in learner.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    stats = torch.tensor([metrics["loss"], metrics["metric"]], dtype=torch.float64, device=device)
+    world.average_([p.grad for p in learner.parameters()] + [stats])
+    return {"loss": float(stats[0]), "metric": float(stats[1])}
 
-    budget = cfg.time_budget * 60 if cfg.time_budget else math.inf
-    t0 = time.perf_counter() - elapsed_before
-    stopped_by = "steps"
-    skipped = 0
-    val_seconds = 0.0  # validation inside the loop; snapshots report training time without it
-    step = start_step
-    report.start(start_step, cfg.steps)
-    mine = world.slice(cfg.meta_batch)
-    workers = task_workers(cfg, algo, device, len(mine))
+
+def gradients_finite(metrics: dict[str, float], learner: Learner) -> bool:
+    """The NaN/inf guard: a step whose loss or any gradient is not finite is skipped."""
+    return math.isfinite(metrics["loss"]) and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters())
+
+
+def outer_step(s: Session, episodes: EpisodeBatch, workers: int) -> dict[str, Any]:
+    """One meta-step on ``episodes``; returns its metrics record (``skipped`` when non-finite)."""
+    ts = time.perf_counter()
+    s.opt.zero_grad(set_to_none=False)
+    s.algo.begin_step(s.step, s.cfg.steps)
+    metrics = task_parallel_meta_gradient(s.algo, s.learner, to_batch(episodes, s.device), workers)
+    metrics = reduce_gradients(s.world, s.learner, metrics, s.device)
+    finite = gradients_finite(metrics, s.learner)
+    if finite:
+        s.opt.step()
+        s.bad = 0
+    else:
+        s.skipped += 1
+        s.bad += 1
+    s.step += 1
+    record: dict[str, Any] = {
+        "step": s.step,
+        "loss": metrics["loss"],
+        "train_metric": metrics["metric"],
+        "seconds": time.perf_counter() - ts,
+        "elapsed": s.elapsed(),
+    }
+    if not finite:
+        record["skipped"] = True
+    return record
+
+
+def budget_spent(s: Session) -> bool:
+    return s.cfg.time_budget is not None and s.cfg.time_budget > 0 and s.elapsed() >= s.cfg.time_budget * 60
+
+
+def _after_step(s: Session, record: dict[str, Any]) -> None:
+    """The periodic hooks: validation, the metrics line, snapshots and checkpoints."""
+    cfg = s.cfg
+    if s.validate and cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
+        tv = time.perf_counter()
+        record["val"] = [c["mean"] for c in s.val_curve()]
+        s.val_seconds += time.perf_counter() - tv
+    if s.main:
+        runs.append_jsonl(s.out / runs.METRICS, record)
+        s.report.step(s.step, record)
+    if s.bad >= cfg.max_bad_steps:
+        return
+    if s.main and cfg.snapshot_every and s.step % cfg.snapshot_every == 0:
+        _save_snapshot(s.out, s.learner, s.meta, s.step, s.elapsed() - s.val_seconds)
+    if s.main and s.step % cfg.checkpoint_every == 0:
+        _save_checkpoint(s.out, s.learner, s.opt, s.step, s.elapsed(), s.bad)
+
+
+def train_loop(s: Session) -> None:
+    """Meta-steps until the step count, the time budget, Ctrl-C (checkpoint, then KeyboardInterrupt)
+    or ``max_bad_steps`` non-finite steps in a row."""
+    cfg = s.cfg
+    s.t0 = time.perf_counter() - s.elapsed_before
+    s.report.start(s.step, cfg.steps)
+    mine = s.world.slice(cfg.meta_batch)
+    workers = task_workers(cfg, s.algo, s.device, len(mine))
     ctrl_c = _DeferredInterrupt()
-    batches = prefetch(lambda s: training_tasks(data.train, cfg.seed, s, mine, TRAIN_STREAM), range(start_step, cfg.steps))
+    batches: Iterator[EpisodeBatch] = prefetch(lambda k: training_tasks(s.data.train, cfg.seed, k, mine, TRAIN_STREAM), range(s.step, cfg.steps))
     try:
-        for ep in batches:
+        for episodes in batches:
             # a safe point: Ctrl-C and the time budget take effect here, on every rank at the same step
-            if world.any(time.perf_counter() - t0 >= budget or ctrl_c.is_set()):
-                if world.any(ctrl_c.is_set()):
+            if s.world.any(budget_spent(s) or ctrl_c.is_set()):
+                if s.world.any(ctrl_c.is_set()):
                     raise KeyboardInterrupt
-                stopped_by = "time-budget"
+                s.stopped_by = "time-budget"
                 break
-            ts = time.perf_counter()
-            opt.zero_grad(set_to_none=False)
-            if hasattr(algo, "progress"):  # schedules (e.g. Reptile's annealed β) read the fraction done
-                algo.progress = step / cfg.steps
-            metrics = task_parallel_meta_gradient(algo, learner, to_batch(ep, device), workers)
-            if world.size > 1:  # identical mean meta-gradient (and logged metrics) on every rank
-                for p in learner.parameters():
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                stats = torch.tensor([metrics["loss"], metrics["metric"]], dtype=torch.float64, device=device)
-                world.average_([p.grad for p in learner.parameters()] + [stats])
-                metrics = {"loss": float(stats[0]), "metric": float(stats[1])}
-            finite = math.isfinite(metrics["loss"]) and all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in learner.parameters())
-            if finite:
-                opt.step()
-                bad = 0
-            else:
-                skipped += 1
-                bad += 1
-            step += 1
-            record: dict[str, Any] = {
-                "step": step,
-                "loss": metrics["loss"],
-                "train_metric": metrics["metric"],
-                "seconds": time.perf_counter() - ts,
-                "elapsed": time.perf_counter() - t0,
-            }
-            if not finite:
-                record["skipped"] = True
-            if validate and cfg.eval_every > 0 and (step % cfg.eval_every == 0):
-                tv = time.perf_counter()
-                record["val"] = [c["mean"] for c in val_curve_now()]
-                val_seconds += time.perf_counter() - tv
-            if main:
-                runs.append_jsonl(out / runs.METRICS, record)
-                report.step(step, record)
-            if bad >= cfg.max_bad_steps:
-                stopped_by = "non-finite"
+            record = outer_step(s, episodes, workers)
+            _after_step(s, record)
+            if s.bad >= cfg.max_bad_steps:
+                s.stopped_by = "non-finite"
                 break
-            if main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                _save_snapshot(out, learner, meta, step, time.perf_counter() - t0 - val_seconds)
-            if main and step % cfg.checkpoint_every == 0:
-                _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
     except KeyboardInterrupt:
         # Ctrl-C: keep what was learned, resumable with --resume, then exit 130 (the CLI does).
-        if main:
-            _save_checkpoint(out, learner, opt, step, time.perf_counter() - t0, bad)
-            report.message(f"Interrupted at step {step}; checkpoint saved. Continue with: metactl meta-train --out {out} --resume")
+        if s.main:
+            _save_checkpoint(s.out, s.learner, s.opt, s.step, s.elapsed(), s.bad)
+            s.report.message(f"Interrupted at step {s.step}; checkpoint saved. Continue with: metactl meta-train --out {s.out} --resume")
         raise
     finally:
-        batches.close()
+        batches.close()  # type: ignore[attr-defined]
         ctrl_c.restore()
-    seconds = time.perf_counter() - t0
-    if not main:
-        world.barrier()  # wait for rank 0 to finish writing, then leave together
-        return TrainResult(run_dir=Path(replaces or out), steps_done=step, seconds=seconds, stopped_by=stopped_by, skipped_steps=skipped)
-    _save_checkpoint(out, learner, opt, step, seconds, bad)
-    _save_theta(out, learner)
-    val_curve: list[dict[str, float]] = []
-    if data.val is not None:
-        val_curve = val_curve_now()
+
+
+def finish(s: Session) -> TrainResult:
+    """Last checkpoint and θ, final validation and ``adapt_steps``, the run's metadata, the --force swap."""
+    cfg, seconds = s.cfg, s.elapsed()
+    if not s.main:
+        s.world.barrier()  # wait for rank 0 to finish writing, then leave together
+        return TrainResult(run_dir=Path(s.replaces or s.out), steps_done=s.step, seconds=seconds, stopped_by=s.stopped_by, skipped_steps=s.skipped)
+    _save_checkpoint(s.out, s.learner, s.opt, s.step, seconds, s.bad)
+    _save_theta(s.out, s.learner)
+    val_curve = s.val_curve() if s.data.val is not None else []
+    meta = s.meta
     if val_curve:  # the step count that adapted best on validation classes: adapt's default
         after = [c["mean"] for c in val_curve[1:]]  # after 1..K steps
-        best = max(after) if data.kind == "classification" else min(after)
+        best = max(after) if s.data.kind == "classification" else min(after)
         meta["adapt_steps"] = 1 + after.index(best) if after else 0
     meta.update(
-        status="complete" if stopped_by != "non-finite" else "stopped-non-finite",
+        status="complete" if s.stopped_by != "non-finite" else "stopped-non-finite",
         finished=datetime.now().isoformat(timespec="seconds"),
-        steps_done=step,
+        steps_done=s.step,
         seconds=round(seconds, 2),
-        stopped_by=stopped_by,
-        skipped_steps=skipped,
+        stopped_by=s.stopped_by,
+        skipped_steps=s.skipped,
         validation={"episodes": cfg.eval_episodes, "inner_steps": cfg.test_inner_steps, "curve": val_curve},
     )
-    if replaces:
-        meta.pop("replaces")
-        runs.atomic_write_json(out / runs.META, meta)
-        runs.replace_dir(out, Path(replaces))
-        out = Path(replaces)
-    else:
-        runs.atomic_write_json(out / runs.META, meta)
-    world.barrier()
-    if stopped_by == "non-finite":
+    out = s.out
+    meta.pop("replaces", None)
+    runs.atomic_write_json(out / runs.META, meta)
+    if s.replaces:
+        runs.replace_dir(out, Path(s.replaces))
+        out = Path(s.replaces)
+    s.world.barrier()
+    if s.stopped_by == "non-finite":
         raise MetactlError(
             f"Training stopped: {cfg.max_bad_steps} meta-steps in a row had a non-finite loss or gradient (each was skipped). "
             f"The last good θ is saved in {out}.",
@@ -375,14 +438,30 @@ def _meta_train(cfg: TrainConfig, algo: Any, world: World, out: Path | None, for
         )
     return TrainResult(
         run_dir=out,
-        steps_done=step,
+        steps_done=s.step,
         seconds=seconds,
-        stopped_by=stopped_by,
+        stopped_by=s.stopped_by,
         val_curve=val_curve,
-        val_curve_start=val_start,
-        inner_lr={k: float(v.detach().mean()) for k, v in learner.inner_lr.items()},
-        skipped_steps=skipped,
+        val_curve_start=s.val_start,
+        inner_lr={k: float(v.detach().mean()) for k, v in s.learner.inner_lr.items()},
+        skipped_steps=s.skipped,
     )
+
+
+def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None) -> TrainResult:
+    """Meta-train as ``cfg`` says; returns where the run is and how it went."""
+    report = report or Reporter()
+    tune_malloc()
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    check_device(cfg.device)
+    algo = build_algorithm(cfg.algo, cfg.algo_options, cfg)
+    world = init_from_env(cfg.device)
+    try:
+        s = setup(cfg, algo, world, out, force, resume, report)
+        train_loop(s)
+        return finish(s)
+    finally:
+        shutdown(world)
 
 
 class _DeferredInterrupt:
@@ -410,12 +489,6 @@ class _DeferredInterrupt:
             self._previous = None
 
 
-def _asdict(config: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
@@ -423,29 +496,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     runs.atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode("utf-8"))
 
 
-def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
-    """Read a run dir back into (metadata, learner with θ and α)."""
-    meta = runs.read_meta(run)
-    if meta.get("kind") != "run":
-        raise MetactlError(
-            f"{run}: not a meta-training run ({runs.META} says kind={meta.get('kind')!r}).",
-            "Pass a directory written by metactl meta-train.",
-        )
-    runs.require(meta, ("model", "config", "algorithm"), run)
-    if not (run / runs.THETA).is_file():
-        raise MetactlError(
-            f"{run}: the run has no {runs.THETA} yet (status {meta.get('status')!r}).",
-            f"Finish it: metactl meta-train --out {run} --resume",
-        )
-    tensors = runs.load_tensors(run / runs.THETA)
-    theta, lr = runs.split_theta(tensors)
-    model = build_model(meta["model"]).to(device)
-    expected = dict(model.named_parameters())
-    if set(theta) != set(expected) or any(theta[k].shape != expected[k].shape for k in theta):
-        raise MetactlError(f"{run / runs.THETA}: weights do not match the model in {runs.META}.", "The run is damaged or from another version.")
-    params = {k: v.to(device).requires_grad_(True) for k, v in theta.items()}
-    inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
-    return meta, Learner(model, params, inner, meta.get("task", "classification"), per_step_lr=meta.get("inner_lr_shape") == "step")
-
-
-__all__ = ["Reporter", "TrainResult", "load_run", "meta_train"]
+__all__ = ["Reporter", "Session", "TrainResult", "finish", "meta_train", "outer_step", "setup", "train_loop"]

@@ -11,7 +11,7 @@ from metactl.algorithms.maml import MAML, MAMLConfig, maml_meta_gradient, msl_we
 from metactl.algorithms.metasgd import MetaSGD, MetaSGDConfig
 from metactl.algorithms.pretrain import Pretrain, PretrainConfig
 from metactl.algorithms.reptile import Reptile, ReptileConfig
-from metactl.api import Learner, TaskBatch
+from metactl.api import Learner, SetupInfo, TaskBatch
 from metactl.config import TrainConfig
 from metactl.train import init_learner
 from tests.test_maml import tiny_batch, tiny_learner
@@ -46,12 +46,12 @@ def test_reptile_one_sgd_step_beta_1_is_one_sgd_step_on_the_task() -> None:
 def test_reptile_beta_is_annealed() -> None:
     learner, batch = fresh("mlp", 0.1)
     algo = Reptile(ReptileConfig(beta=1.0, beta_final=0.0), TrainConfig(inner_steps=2, inner_lr=0.1))
-    algo.progress = 0.0
+    algo.begin_step(0, 100)
     algo.meta_gradient(learner, batch)
     start = grads(learner).clone()
     for p in learner.params.values():
         p.grad = None
-    algo.progress = 0.75
+    algo.begin_step(75, 100)
     algo.meta_gradient(learner, batch)
     torch.testing.assert_close(grads(learner), 0.25 * start)
 
@@ -113,7 +113,7 @@ def test_pretrain_never_calls_the_inner_loop(monkeypatch: pytest.MonkeyPatch) ->
     learner, batch = fresh("conv")
     batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, torch.tensor([[5, 2, 7], [1, 0, 3]]))
     algo = Pretrain(PretrainConfig(), TrainConfig())
-    algo.setup(learner, {"train_classes": 8})
+    algo.setup(learner, SetupInfo(train_classes=8))
     metrics = algo.meta_gradient(learner, batch)
     assert metrics["loss"] > 0 and learner.extra["classifier.weight"].grad is not None
     assert all(float(learner.params[k].detach().abs().sum()) == 0 for k in learner.head)  # the N-way head starts at zero
@@ -129,7 +129,7 @@ def test_multi_step_loss_gradient_is_the_weighted_sum_of_per_step_gradients() ->
     """MSL: ∇θ Σₖ wₖ L_q(ϕₖ) = Σₖ wₖ ∇θ L_q(ϕₖ) — each term being MAML's gradient with k inner steps."""
     learner, batch = fresh("mlp")
     algo = MAML(MAMLConfig(multi_step_loss=True, msl_anneal=1.0), TrainConfig(inner_steps=3, steps=100))
-    algo.progress = 0.4
+    algo.begin_step(40, 100)
     weights = msl_weights(3, 0.4, 1.0)
     algo.meta_gradient(learner, batch)
     msl = grads(learner)
@@ -144,15 +144,15 @@ def test_multi_step_loss_gradient_is_the_weighted_sum_of_per_step_gradients() ->
 def test_second_order_after_n_steps_switches_from_first_to_second_order() -> None:
     cfg = TrainConfig(inner_steps=1, steps=100)
     results = {}
-    for label, algo_cls, config, progress in [
-        ("early", MAML, MAMLConfig(second_order_after=10), 0.05),
-        ("late", MAML, MAMLConfig(second_order_after=10), 0.2),
-        ("fomaml", FOMAML, FOMAMLConfig(), 0.0),
-        ("maml", MAML, MAMLConfig(), 0.0),
+    for label, algo_cls, config, step in [
+        ("early", MAML, MAMLConfig(second_order_after=10), 9),
+        ("late", MAML, MAMLConfig(second_order_after=10), 10),
+        ("fomaml", FOMAML, FOMAMLConfig(), 0),
+        ("maml", MAML, MAMLConfig(), 0),
     ]:
         learner, batch = fresh("mlp")
         algo = algo_cls(config, cfg)
-        algo.progress = progress
+        algo.begin_step(step, cfg.steps)
         algo.meta_gradient(learner, batch)
         results[label] = grads(learner)
     torch.testing.assert_close(results["early"], results["fomaml"])

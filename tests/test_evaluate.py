@@ -106,11 +106,11 @@ def test_meta_train_and_evaluate_on_the_protocols_test_characters(tmp_path: Path
     meta = json.loads((run / "metactl.json").read_text())
     assert meta["data"]["kind"] == "omniglot" and meta["data"]["protocol"] == "vinyals"
     assert meta["data"]["train"]["characters"] == 7 and meta["data"]["val"]["characters"] == 3
-    from metactl.evaluate import _held_out_sampler
+    from metactl.data import held_out_sampler
 
-    sampler = _held_out_sampler(meta, None, 3, 1, 2)
+    sampler = held_out_sampler(meta, None, 3, 1, 2)
     assert _ids(sampler.pool) == [1201, 1202, 1203, 1204]  # default: the run's protocol's test set
-    sampler = _held_out_sampler(meta, f"omniglot:{root}", 3, 1, 2, "lake")
+    sampler = held_out_sampler(meta, f"omniglot:{root}", 3, 1, 2, "lake")
     assert _ids(sampler.pool) == [965, 966, 1200, 1201, 1202, 1203, 1204]
     js = tmp_path / "e.json"
     result = runner.invoke(app, ["evaluate", "--from", str(run), "--episodes", "3", "--steps", "1", "--shots", "1", "--query-shots", "3", "--json", str(js)])

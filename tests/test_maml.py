@@ -8,7 +8,8 @@ import torch
 from metactl.algorithms.maml import maml_meta_gradient
 from metactl.api import Learner, TaskBatch
 from metactl.inner import inner_loop
-from metactl.models import MLP, Conv4
+from metactl.models.conv4 import Conv4
+from metactl.models.mlp import MLP
 
 
 def tiny_learner(kind: str, lr: float = 0.3, hidden: tuple[int, ...] = (5, 5)) -> Learner:

@@ -44,6 +44,7 @@ def glyph_batches(meta_batch: int, count: int) -> list:
 def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, checkpoint_inner: bool = False, task_threads: int = 0) -> None:
     import torch
 
+    from metactl.api import SetupInfo
     from metactl.config import TrainConfig
     from metactl.data import glyphs
     from metactl.perf import task_parallel_meta_gradient, task_workers, tune_malloc
@@ -56,9 +57,8 @@ def child(algo: str, steps: int, meta_batch: int, repeats: int, threads: int, ch
     cls = load_algorithm(algo)
     impl = cls(make_config(cls, {}), cfg)
     batches = glyph_batches(meta_batch, repeats + 1)
-    learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", getattr(impl, "inner_lr_shape", "layer"))
-    if hasattr(impl, "setup"):
-        impl.setup(learner, {"train_classes": glyphs.TRAIN[1]})
+    learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", impl.inner_lr_shape)
+    impl.setup(learner, SetupInfo(train_classes=glyphs.TRAIN[1]))
     opt = make_optimizer(impl, learner, cfg)
     workers = task_workers(cfg, impl, "cpu", meta_batch)  # as meta-train runs it
     base = _rss_kb("VmRSS")

@@ -47,14 +47,13 @@ def main() -> None:
     import torch
 
     from metactl.adapt import load_adapted
-    from metactl.export import Deployed
 
     torch.set_num_threads(args.threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     meta, model = load_adapted(args.adapted)
     size = int(meta["preprocessing"]["size"])
-    deployed = Deployed(model, bool(meta["preprocessing"].get("invert"))).eval()
+    deployed = model.export_module(meta["preprocessing"]).eval()
     sessions = {"onnxruntime float": ort.InferenceSession(str(args.export / "model.onnx"), opts, providers=["CPUExecutionProvider"])}
     if (args.export / "model.int8.onnx").is_file():
         sessions["onnxruntime int8"] = ort.InferenceSession(str(args.export / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])

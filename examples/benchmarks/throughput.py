@@ -152,6 +152,7 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
     batches = glyph_batches(meta_batch, repeats + 1)
 
     if impl.startswith("metactl"):
+        from metactl.api import SetupInfo
         from metactl.registry import load_algorithm, make_config
         from metactl.train import init_learner, make_optimizer
 
@@ -159,9 +160,8 @@ def child(impl: str, algo: str, steps: int, meta_batch: int, repeats: int, threa
         cfg = TrainConfig(algo=algo, inner_steps=steps, meta_batch=meta_batch, steps=1000, precision=precision)
         cls = load_algorithm(algo)
         impl_obj = cls(make_config(cls, options), cfg)
-        learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", getattr(impl_obj, "inner_lr_shape", "layer"))
-        if hasattr(impl_obj, "setup"):
-            impl_obj.setup(learner, {"train_classes": glyphs.TRAIN[1]})
+        learner = init_learner({"kind": "conv4", "num_classes": 5, "width": 64}, cfg, "classification", "cpu", impl_obj.inner_lr_shape)
+        impl_obj.setup(learner, SetupInfo(train_classes=glyphs.TRAIN[1]))
         opt = make_optimizer(impl_obj, learner, cfg)
 
         from metactl.perf import task_parallel_meta_gradient, task_workers

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def head_step(learner: Learner, head: Params, feats: Tensor, y: Tensor, second_o
     return {k: v - learner.lr(k, step) * g for (k, v), g in zip(head.items(), grads, strict=True)}, loss
 
 
-class ANIL:
+class ANIL(AlgorithmBase):
     name: ClassVar[str] = "anil"
     description: ClassVar[str] = "ANIL (Raghu et al. 2020): inner loop on the head only, batched body"
     task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
@@ -53,14 +53,16 @@ class ANIL:
         self.inner_steps = int(train.inner_steps)
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        b, m = batch.support_x.shape[:2]
+        b, m = len(batch), inputs_len(batch.support_x, 1)
         chunk = self.config.tasks_per_forward or b
         total_loss = total_metric = 0.0
         for lo in range(0, b, chunk):
             hi = min(lo + chunk, b)
-            x = torch.cat([batch.support_x[lo:hi], batch.query_x[lo:hi]], dim=1)  # (T, M + Q, ...)
+            part = batch.tasks(lo, hi)
+            x = cat_inputs([part.support_x, part.query_x], dim=1)  # (T, M + Q, ...)
             # one body forward for these T tasks; each task normalised with its own support statistics
-            feats = learner.features(learner.params, x.flatten(0, 1), ref=m, tasks=hi - lo).view(hi - lo, x.shape[1], -1)
+            flat = map_inputs(lambda t: t.flatten(0, 1), x)
+            feats = learner.features(learner.params, flat, ref=m, tasks=hi - lo).view(hi - lo, inputs_len(x, 1), -1)
             objective = torch.zeros((), dtype=feats.dtype)
             for j, i in enumerate(range(lo, hi)):
                 head = {k: learner.params[k] for k in learner.head}
@@ -74,7 +76,7 @@ class ANIL:
             (objective / b).backward()
         return {"loss": total_loss / b, "metric": total_metric / b}
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         theta = {k: v.detach() for k, v in learner.params.items()}
         with torch.no_grad():
             feats = learner.features(theta, x)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from metactl.algorithms.maml import maml_meta_gradient
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch
 from metactl.inner import adapt_trajectory
 
 
@@ -29,7 +29,7 @@ class FOMAMLConfig:
     pass
 
 
-class FOMAML:
+class FOMAML(AlgorithmBase):
     name: ClassVar[str] = "fomaml"
     description: ClassVar[str] = "First-order MAML (Finn et al. 2017), learned per-layer α"
     task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
@@ -43,5 +43,5 @@ class FOMAML:
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         return maml_meta_gradient(learner, batch, self.inner_steps, second_order=False, checkpoint_inner=self.checkpoint_inner)
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

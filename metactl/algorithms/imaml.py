@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Learner, Params, TaskBatch
 from metactl.inner import adapt_trajectory
 
 
@@ -117,7 +117,7 @@ def implicit_solve(learner: Learner, phi: Params, x: Tensor, y: Tensor, rhs: lis
     return sol
 
 
-class IMAML:
+class IMAML(AlgorithmBase):
     """iMAML: proximal inner loop, implicit meta-gradient of θ by conjugate gradient."""
 
     name: ClassVar[str] = "imaml"
@@ -136,7 +136,7 @@ class IMAML:
         thetas = list(learner.params.values())
         with torch.enable_grad():
             for i in range(b):
-                sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+                sx, sy, qx, qy = batch.task(i)
                 phi = proximal_inner_loop(learner, sx, sy, self.inner_steps, self.config.lam)
                 out = learner.predict_query(phi, sx, qx)
                 loss = learner.loss(out, qy)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch
 from metactl.inner import adapt_trajectory, inner_step
 
 
@@ -89,7 +89,7 @@ def maml_meta_gradient(
     total_loss = 0.0
     total_metric = 0.0
     for i in range(b):
-        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        sx, sy, qx, qy = batch.task(i)
         phi = learner.params
         objective = torch.zeros(())
         for k in range(steps):
@@ -108,7 +108,7 @@ def maml_meta_gradient(
     return {"loss": total_loss / b, "metric": total_metric / b}
 
 
-class MAML:
+class MAML(AlgorithmBase):
     """Second-order MAML with per-layer learned inner learning rates (and the MAML++ options)."""
 
     name: ClassVar[str] = "maml"
@@ -120,15 +120,18 @@ class MAML:
         self.config = config
         self.inner_steps = int(train.inner_steps)
         self.total_steps = int(train.steps)
-        self.progress = 0.0  # set by the trainer before each meta-step: fraction of training done
+        self.step = 0  # the outer step about to run (begin_step)
+        self.progress = 0.0  # fraction of training done (begin_step)
         self.inner_lr_shape = "step" if config.per_step_inner_lr else "layer"
         self.checkpoint_inner = bool(getattr(train, "checkpoint_inner", False))
 
+    def begin_step(self, step: int, total: int) -> None:
+        self.step, self.progress = step, step / total
+
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        outer_step = round(self.progress * self.total_steps)
-        second_order = not self.config.first_order and outer_step >= self.config.second_order_after
+        second_order = not self.config.first_order and self.step >= self.config.second_order_after
         weights = msl_weights(self.inner_steps, self.progress, self.config.msl_anneal) if self.config.multi_step_loss else None
         return maml_meta_gradient(learner, batch, self.inner_steps, second_order, weights, self.checkpoint_inner)
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

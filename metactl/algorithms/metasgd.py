@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from metactl.algorithms.maml import maml_meta_gradient
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch
 from metactl.inner import adapt_trajectory
 
 
@@ -29,12 +29,12 @@ class MetaSGDConfig:
     first_order: bool = False  # drop the second-order terms (α still learns)
 
 
-class MetaSGD:
+class MetaSGD(AlgorithmBase):
     name: ClassVar[str] = "metasgd"
     description: ClassVar[str] = "Meta-SGD (Li et al. 2017): element-wise learned inner learning rates"
     task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
     Config: ClassVar[type] = MetaSGDConfig
-    inner_lr_shape: ClassVar[str] = "element"
+    inner_lr_shape = "element"
 
     def __init__(self, config: MetaSGDConfig, train: Any) -> None:
         self.config = config
@@ -44,5 +44,5 @@ class MetaSGD:
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         return maml_meta_gradient(learner, batch, self.inner_steps, second_order=not self.config.first_order, checkpoint_inner=self.checkpoint_inner)
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

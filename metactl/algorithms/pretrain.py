@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
 from metactl.inner import adapt_trajectory
 
 
@@ -37,7 +37,7 @@ class PretrainConfig:
             raise ValueError("tasks_per_forward must be >= 0")
 
 
-class Pretrain:
+class Pretrain(AlgorithmBase):
     name: ClassVar[str] = "pretrain"
     description: ClassVar[str] = "Baseline: supervised pre-training on all training classes, then fine-tuning"
     Config: ClassVar[type] = PretrainConfig
@@ -45,10 +45,10 @@ class Pretrain:
     def __init__(self, config: PretrainConfig, train: Any) -> None:
         self.config = config
 
-    def setup(self, learner: Learner, info: dict[str, Any]) -> None:
+    def setup(self, learner: Learner, info: SetupInfo) -> None:
         if learner.task != "classification":
             return
-        n, feat = int(info["train_classes"]), learner.params[learner.head[0]].shape[1]
+        n, feat = int(info.train_classes), learner.params[learner.head[0]].shape[1]
         weight = learner.params[learner.head[0]]
         classifier = torch.nn.Linear(feat, n).to(dtype=weight.dtype, device=weight.device)  # default init, seeded
         learner.extra = {
@@ -66,7 +66,8 @@ class Pretrain:
         total_loss = total_metric = 0.0
         for lo in range(0, b, chunk):
             hi = min(lo + chunk, b)
-            x = torch.cat([batch.support_x[lo:hi], batch.query_x[lo:hi]], dim=1).flatten(0, 1)
+            part = batch.tasks(lo, hi)
+            x = map_inputs(lambda t: t.flatten(0, 1), cat_inputs([part.support_x, part.query_x], dim=1))
             if learner.task == "regression":
                 y = torch.cat([batch.support_y[lo:hi], batch.query_y[lo:hi]], dim=1).flatten(0, 1)
                 loss = F.mse_loss(learner.forward(learner.params, x), y)
@@ -84,5 +85,5 @@ class Pretrain:
             total_metric += metric * (hi - lo) / b
         return {"loss": total_loss, "metric": total_metric}
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         return adapt_trajectory(learner, x, y, steps)

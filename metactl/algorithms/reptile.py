@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Learner, Params, TaskBatch, cat_inputs
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ReptileConfig:
             raise ValueError("inner_optimizer must be 'sgd' or 'adam'")
 
 
-class Reptile:
+class Reptile(AlgorithmBase):
     name: ClassVar[str] = "reptile"
     description: ClassVar[str] = "Reptile (Nichol et al. 2018): θ ← θ + β(ϕ − θ), β annealed"
     task_parallel: ClassVar[bool] = True  # meta-gradient and metrics are means over independent tasks
@@ -48,7 +48,10 @@ class Reptile:
         self.config = config
         self.inner_steps = max(1, int(train.inner_steps))
         self.inner_lr = float(train.inner_lr)
-        self.progress = 0.0  # set by the trainer: fraction of training done
+        self.progress = 0.0  # fraction of training done (begin_step)
+
+    def begin_step(self, step: int, total: int) -> None:
+        self.progress = step / total
 
     def make_optimizer(self, groups: list[dict[str, Any]], train: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=self.config.beta)
@@ -79,8 +82,8 @@ class Reptile:
         scale = (self.config.beta + (self.config.beta_final - self.config.beta) * self.progress) / self.config.beta
         total_loss = total_metric = 0.0
         for i in range(b):
-            sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
-            x, y = (torch.cat([sx, qx]), torch.cat([sy, qy])) if self.config.use_query else (sx, sy)
+            sx, sy, qx, qy = batch.task(i)
+            x, y = (cat_inputs([sx, qx]), torch.cat([sy, qy])) if self.config.use_query else (sx, sy)
             trajectory, loss = self.trajectory(learner, x, y, self.inner_steps)
             phi = trajectory[-1]
             for k, p in learner.params.items():  # SGD with lr β on (θ − ϕ̄) is θ ← θ + β(ϕ̄ − θ)

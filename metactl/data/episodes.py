@@ -11,7 +11,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,11 +33,12 @@ class EpisodeBatch:
 
     For classification x is uint8 (ink = 255) with shape (B, M, 1, H, W) and y is int64 in
     0..N-1; class-major order (the K shots of class 0 first). For regression both are float32.
+    A source with several arrays per example (token ids and an attention mask) gives x as a dict of them.
     """
 
-    support_x: np.ndarray
+    support_x: np.ndarray | dict[str, np.ndarray]
     support_y: np.ndarray
-    query_x: np.ndarray
+    query_x: np.ndarray | dict[str, np.ndarray]
     query_y: np.ndarray
     classes: np.ndarray | None = None  # (B, N) pool indices of the sampled classes
 
@@ -46,18 +47,36 @@ def episode_rng(seed: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, step])
 
 
+def _concatenate(xs: list[Any]) -> Any:
+    if isinstance(xs[0], dict):
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+    return np.concatenate(xs)
+
+
 def training_tasks(sampler: Sampler, seed: int, step: int, indices: range, stream: int = 0) -> EpisodeBatch:
     """Tasks ``indices`` of meta-batch ``step``. Task i has its own random stream, so a meta-batch
     split across N ranks (rank r taking its slice of indices) holds exactly the tasks one rank sees."""
     parts = [sampler.sample(np.random.default_rng([seed, stream, step, i]), 1) for i in indices]
     classes = [p.classes for p in parts]
     return EpisodeBatch(
-        np.concatenate([p.support_x for p in parts]),
+        _concatenate([p.support_x for p in parts]),
         np.concatenate([p.support_y for p in parts]),
-        np.concatenate([p.query_x for p in parts]),
+        _concatenate([p.query_x for p in parts]),
         np.concatenate([p.query_y for p in parts]),
         None if any(c is None for c in classes) else np.concatenate(classes),  # type: ignore[arg-type]
     )
+
+
+def split_classes(n: int, fraction: float, seed: int, ways: int) -> tuple[list[int], list[int]]:
+    """Hold out ``fraction`` of the classes (at least ``ways``) for validation, seeded."""
+    n_val = max(ways, round(n * fraction))
+    if n - n_val < ways:
+        raise MetactlError(
+            f"The data has {n} classes: too few for {ways}-way training plus {n_val} held-out validation classes.",
+            "Use more classes, fewer --ways, or a smaller val-classes fraction.",
+        )
+    perm = np.random.default_rng([seed, 0x5D1]).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
 
 
 class ClassificationEpisodes:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from metactl.data.episodes import EpisodeBatch
+from metactl.data.episodes import EpisodeBatch, split_classes
 from metactl.data.folder import ArrayPool, Progress, _list_classes, load_folder
 from metactl.data.images import decode_bytes, preprocess
 from metactl.errors import MetactlError
@@ -122,8 +122,6 @@ def protocol_pools(data: Omniglot, protocol: str, which: tuple[str, ...], val_fr
     out: dict[str, ArrayPool] = {}
     if protocol == "lake":
         if "train" in which or "val" in which:
-            from metactl.data import split_classes
-
             background = data.characters(("images_background",), lambda i, n: True)
             train_ids, val_ids = split_classes(background.num_classes, val_fraction, seed, 2)
             out["train"], out["val"] = background.subset(train_ids), background.subset(val_ids)

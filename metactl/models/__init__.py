@@ -1,33 +1,113 @@
-"""Models and the spec dict that rebuilds them from a run dir."""
+"""Models: registered in the ``metactl.models`` entry-point group, rebuilt from the spec in ``metactl.json``.
+
+A model spec is a JSON dict whose ``kind`` names an entry point (``conv4``, ``mlp``, or a third
+party's); the class's ``from_spec(spec)`` builds it. Everything else metactl needs from a model is a
+method of the model, declared in :class:`Model`, so the trainer, adapt and export never ask which
+kind of model they hold.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from importlib.metadata import entry_points
+from typing import Any, Protocol
 
-from torch import nn
+import numpy as np
+from torch import Tensor, nn
 
+from metactl.api import Inputs, Params
 from metactl.errors import MetactlError
-from metactl.models.conv4 import Conv4
-from metactl.models.mlp import MLP
+
+GROUP = "metactl.models"
+
+
+class ExportModule(Protocol):
+    """What ``export --onnx`` traces: the client's raw inputs in, class probabilities out."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def example_inputs(self) -> tuple[Tensor, ...]:
+        """Inputs to trace with (their first dimension is the dynamic batch)."""
+        ...
+
+    def client_inputs(self, examples: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed examples (as the support reader returns them) -> the graph's inputs, as a client sends them."""
+        ...
+
+    def __call__(self, *inputs: Tensor) -> Tensor: ...
+
+
+class Model(Protocol):
+    """The members of a metactl model (an ``nn.Module``)."""
+
+    head: nn.Linear  # the classifier/regressor head; its parameters are ``head.weight``, ``head.bias``
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Model:
+        """Build the model from its recorded spec (``spec["kind"]`` is the entry point's name)."""
+        ...
+
+    def forward(self, x: Inputs, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> Tensor:
+        """Outputs (or the body's features). ``ref``: normalise with statistics of the first ``ref`` rows only;
+        ``tasks`` > 1: the batch is that many task-major blocks, each normalised on its own."""
+        ...
+
+    def frozen_parameter_names(self) -> list[str]:
+        """Parameters that are not meta-learned (a pretrained body): not in θ, α, the optimizer or the run dir."""
+        ...
+
+    def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:
+        """Tensors to freeze into the adapted model so that one prediction never depends on the rest of a batch
+        (the normalisation statistics of the support set ``x`` at the adapted ``params``)."""
+        ...
+
+    def prepare_deployment(self) -> None:
+        """Make room for the tensors of ``deployment_buffers`` before the adapted weights are loaded."""
+        ...
+
+    def export_module(self, preprocessing: dict[str, Any]) -> ExportModule:
+        """The module ``export --onnx`` traces, with all of ``preprocessing`` inside it."""
+        ...
+
+
+class ModelBase(nn.Module):
+    """Defaults for the optional members of :class:`Model`: everything meta-learned, nothing to freeze, no export."""
+
+    def frozen_parameter_names(self) -> list[str]:
+        return []
+
+    def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:
+        return {}
+
+    def prepare_deployment(self) -> None:
+        return None
+
+    def export_module(self, preprocessing: dict[str, Any]) -> ExportModule:
+        raise MetactlError(f"{type(self).__name__} models cannot be exported to ONNX.", "Export a classification run's adapted model.")
+
+
+@functools.cache
+def _registered() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def model_class(kind: str) -> Any:
+    eps = _registered()
+    if kind not in eps:
+        raise MetactlError(f"Unknown model kind {kind!r} in the run's model spec.", f"Installed models: {', '.join(sorted(eps)) or '(none)'}.")
+    try:
+        return eps[kind].load()
+    except Exception as exc:  # a broken plugin must not crash with a traceback
+        raise MetactlError(f"Model {kind!r} ({eps[kind].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin.") from None
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from the spec recorded in ``metactl.json``."""
-    kind = spec.get("kind")
-    if kind == "conv4":
-        return Conv4(
-            num_classes=int(spec["num_classes"]),
-            in_channels=int(spec.get("in_channels", 1)),
-            image_size=int(spec.get("image_size", 28)),
-            width=int(spec.get("width", 64)),
-        )
-    if kind == "mlp":
-        return MLP(
-            in_features=int(spec.get("in_features", 1)),
-            out_features=int(spec.get("out_features", 1)),
-            hidden=tuple(int(h) for h in spec.get("hidden", (40, 40))),
-        )
-    raise MetactlError(f"Unknown model kind {kind!r} in the run's model spec.", "Use a run written by metactl.")
+    return model_class(str(spec.get("kind"))).from_spec(spec)
 
 
-__all__ = ["MLP", "Conv4", "build_model"]
+__all__ = ["GROUP", "ExportModule", "Model", "ModelBase", "build_model", "model_class"]

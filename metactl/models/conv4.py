@@ -15,9 +15,15 @@ Deliberate differences from the paper's code, none changing the function class:
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metactl.api import Params
+from metactl.models import ModelBase
 
 _LOW = (torch.bfloat16, torch.float16)
 
@@ -96,7 +102,36 @@ class TaskNorm2d(nn.Module):
         return torch.addcmul(shift[:, None, :, None, None], xv, scale[:, None, :, None, None]).view_as(x)
 
 
-class Conv4(nn.Module):
+class Pixels(nn.Module):
+    """The exported graph: raw pixels 0-255 (float32, NCHW, grayscale, resized) -> class probabilities;
+    ink inversion and scaling inside."""
+
+    input_names = ["pixels"]  # noqa: RUF012
+    output_names = ["probabilities"]  # noqa: RUF012
+
+    def __init__(self, model: nn.Module, invert: bool, size: int, channels: int = 1) -> None:
+        super().__init__()
+        self.model = model
+        self.invert = invert
+        self.size = size
+        self.channels = channels
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() * (1.0 / 255.0)
+        if self.invert:
+            x = 1.0 - x
+        return torch.softmax(self.model(x), dim=-1)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(2, self.channels, self.size, self.size),)
+
+    def client_inputs(self, examples: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed images (ink = 255, uint8, (n, size, size)) -> pixels as the client's files hold them (not inverted)."""
+        raw = (255 - examples if self.invert else examples).astype(np.float32)
+        return {"pixels": raw[:, None] if raw.ndim == 3 else raw}
+
+
+class Conv4(ModelBase):
     def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, width: int = 64) -> None:
         super().__init__()
         size = image_size
@@ -111,6 +146,45 @@ class Conv4(nn.Module):
         if size < 1:
             raise ValueError(f"image_size {image_size} is too small for four 2x poolings")
         self.head = nn.Linear(width * size * size, num_classes)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Conv4:
+        return cls(
+            num_classes=int(spec["num_classes"]),
+            in_channels=int(spec.get("in_channels", 1)),
+            image_size=int(spec.get("image_size", 28)),
+            width=int(spec.get("width", 64)),
+        )
+
+    def deployment_buffers(self, params: Params, x: Any) -> dict[str, torch.Tensor]:
+        """Per-channel mean and (biased) variance each normalisation layer sees for ``x`` at ``params``."""
+        stats: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name, module in self.named_modules():
+            if isinstance(module, TaskNorm2d):
+
+                def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                    h = args[0].detach()
+                    stats[f"{name}.mean"] = h.mean(dim=(0, 2, 3))
+                    stats[f"{name}.var"] = h.var(dim=(0, 2, 3), unbiased=False)
+
+                hooks.append(module.register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                torch.func.functional_call(self, params, (x,))
+        finally:
+            for h in hooks:
+                h.remove()
+        return stats
+
+    def prepare_deployment(self) -> None:
+        for module in self.modules():
+            if isinstance(module, TaskNorm2d):
+                module.mean = torch.zeros_like(module.weight.detach())
+                module.var = torch.ones_like(module.weight.detach())
+
+    def export_module(self, preprocessing: dict[str, Any]) -> Pixels:
+        return Pixels(self, bool(preprocessing.get("invert", False)), int(preprocessing["size"]), self.convs[0].in_channels)
 
     def features(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
         layout = _fast_layout(x)

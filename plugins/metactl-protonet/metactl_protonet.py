@@ -30,10 +30,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from metactl.api import Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 
 __version__ = "0.1.0"
@@ -44,21 +43,10 @@ class ProtoNetConfig:
     pass
 
 
-class _Features(nn.Module):
-    """Exposes ``model.features(x, ref)`` as a forward, so ``functional_call`` can run it with given weights."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, ref: int | None = None) -> Tensor:
-        return self.model.features(x, ref)
-
-
-def embed(learner: Learner, params: Params, x: Tensor, ref: int | None = None) -> Tensor:
-    """f_θ(x): the model's body features at ``params``, normalised with the statistics of ``x[:ref]``."""
-    body = {f"model.{k}": v for k, v in params.items() if k not in learner.head}
-    return functional_call(_Features(learner.model), body, (x,), {"ref": ref})
+def embed(learner: Learner, params: Params, x: Inputs, ref: int | None = None) -> Tensor:
+    """f_θ(x): the body's features at ``params``, normalised with the statistics of ``x[:ref]``
+    (``Learner.features``: bf16 autocast and frozen weights as everywhere in metactl)."""
+    return learner.features(params, x, ref=ref)
 
 
 def prototypes(emb: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -88,24 +76,25 @@ def _require_classification(learner: Learner) -> None:
         raise MetactlError("protonet needs a model with a features(x, ref) method.", "Use the Conv-4 model.")
 
 
-class ProtoNet:
+class ProtoNet(AlgorithmBase):
     """Prototypical Networks: class prototypes in embedding space, squared Euclidean distance."""
 
     name: ClassVar[str] = "protonet"
     description: ClassVar[str] = "Prototypical Networks (Snell et al. 2017), squared Euclidean distance"
     Config: ClassVar[type] = ProtoNetConfig
+    task_parallel: ClassVar[bool] = True  # the meta-gradient and metrics are means over independent tasks
 
     def __init__(self, config: ProtoNetConfig, train: Any) -> None:
         self.config = config
 
-    def setup(self, learner: Learner, info: dict[str, Any]) -> None:
+    def setup(self, learner: Learner, info: SetupInfo) -> None:
         _require_classification(learner)  # fail at the start of meta-train, not at the first step
 
-    def task_logits(self, learner: Learner, params: Params, sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+    def task_logits(self, learner: Learner, params: Params, sx: Inputs, sy: Tensor, qx: Inputs) -> Tensor:
         """Query logits −‖f(q) − p_c‖² of one task, support and queries embedded together with support statistics."""
-        n = sx.shape[0]
+        n = inputs_len(sx)
         num_classes = learner.params[learner.head[0]].shape[0]
-        emb = embed(learner, params, torch.cat([sx, qx]), ref=n)
+        emb = embed(learner, params, cat_inputs([sx, qx]), ref=n)
         return distance_logits(emb[n:], prototypes(emb[:n], sy, num_classes))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
@@ -114,21 +103,21 @@ class ProtoNet:
         total_loss = 0.0
         total_metric = 0.0
         for i in range(b):
-            qy = batch.query_y[i]
-            out = self.task_logits(learner, learner.params, batch.support_x[i], batch.support_y[i], batch.query_x[i])
+            sx, sy, qx, qy = batch.task(i)
+            out = self.task_logits(learner, learner.params, sx, sy, qx)
             loss = learner.loss(out, qy)
             (loss / b).backward()
             total_loss += float(loss.detach())
             total_metric += learner.metric(out.detach(), qy)
         return {"loss": total_loss / b, "metric": total_metric / b}
 
-    def adapt(self, learner: Learner, x: Tensor, y: Tensor, steps: int) -> list[Params]:
+    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the prototype head, for every step 0..steps (there are no gradient steps)."""
         _require_classification(learner)
         w_name, b_name = learner.head
         params = {k: v.detach() for k, v in learner.params.items()}
         with torch.no_grad():
-            emb = embed(learner, params, x, ref=x.shape[0])
+            emb = embed(learner, params, x, ref=inputs_len(x))
             weight, bias = prototype_head(prototypes(emb, y, params[w_name].shape[0]))
         params[w_name] = weight.to(params[w_name].dtype)
         params[b_name] = bias.to(params[b_name].dtype)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from metactl_protonet import ProtoNet, ProtoNetConfig, distance_logits, embed, prototype_head, prototypes
 
 from metactl.adapt import deployable, norm_statistics
-from metactl.api import Learner, TaskBatch
+from metactl.api import Learner, SetupInfo, TaskBatch
 from metactl.errors import MetactlError
 from metactl.models import build_model
 from metactl.testing import check_algorithm
@@ -122,4 +122,4 @@ def test_regression_is_refused_at_setup() -> None:
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     learner = Learner(model, params, {k: torch.tensor(0.1) for k in params}, "regression")
     with pytest.raises(MetactlError, match="classification"):
-        ProtoNet(ProtoNetConfig(), None).setup(learner, {})
+        ProtoNet(ProtoNetConfig(), None).setup(learner, SetupInfo())
