@@ -46,11 +46,25 @@ def _entry_points() -> list[EntryPoint]:
     return sorted(seen.values(), key=lambda e: e.name)
 
 
+def _find_spec(module: str) -> Any:
+    """The module's spec, found without importing it or its parent packages (``importlib.util.find_spec``
+    of a dotted name imports the parents, running a plugin package's ``__init__``)."""
+    from importlib.machinery import PathFinder
+
+    parts = module.split(".")
+    spec = importlib.util.find_spec(parts[0])  # a top-level name: asks the finders, imports nothing
+    for i in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), list(spec.submodule_search_locations))
+    return spec
+
+
 def _describe(ep: EntryPoint) -> tuple[str, str | None]:
     """(description, problem) from the module's source, without executing it."""
     module, _, attr = ep.value.partition(":")
     try:
-        spec = importlib.util.find_spec(module)
+        spec = _find_spec(module)
     except (ImportError, ValueError) as exc:
         return "", f"cannot find module {module!r} ({exc})"
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):

@@ -108,7 +108,12 @@ def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device
     α = ``inner_lr`` per parameter tensor ("layer"), per element ("element", Meta-SGD) or per
     parameter tensor and inner step ("step", MAML++ LSLR)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(model_spec).to(device)
+    return learner_for_model(build_model(model_spec), cfg, task, device, inner_lr_shape)
+
+
+def learner_for_model(model: Any, cfg: TrainConfig, task: str, device: str, inner_lr_shape: str = "layer") -> Learner:
+    """θ and α (as :func:`init_learner`) for a model already built."""
+    model = model.to(device)
     learned, frozen = runs.split_model_parameters(model)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in learned.items()}
     if inner_lr_shape == "element":

@@ -1,7 +1,17 @@
+"""Shared fixtures, and CI's strictness about skips.
+
+The real-data tests read ``../shared/datasets`` (beside the repository; ``METACTL_OMNIGLOT`` and
+``METACTL_ONESHOT_RUNS`` point elsewhere). Outside CI a missing dataset is a skip, listed with its
+reason (``-rs`` in the pytest addopts). With ``CI`` set (CI runs a fresh clone with shared/ beside
+it) a missing dataset is an error, and any skip whose reason is not in ``CI_ALLOWED_SKIPS`` makes the
+run exit non-zero: a real-data test cannot silently not run in CI.
+"""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -9,6 +19,13 @@ from metactl.testing import make_image_folder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 OMNIGLOT = Path(os.environ.get("METACTL_OMNIGLOT", SHARED / "omniglot"))
+ONESHOT_RUNS = Path(os.environ.get("METACTL_ONESHOT_RUNS", SHARED / "omniglot_oneshot_runs"))
+# skips CI accepts: tests that need hardware CI does not have (a case-insensitive substring of the reason)
+CI_ALLOWED_SKIPS = ("cuda",)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def write_image_folder(root: Path, classes: int = 6, per_class: int = 6, size: int = 20, seed: int = 0) -> Path:
@@ -21,8 +38,65 @@ def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "data")
 
 
+def _real_data(path: Path, what: str, env: str) -> Path:
+    if not path.is_file():
+        message = f"{what} not found at {path} (set {env}, or put shared/datasets beside the repository)"
+        if in_ci():
+            pytest.fail(f"CI must run the real-data tests: {message}", pytrace=False)
+        pytest.skip(message)
+    return path.parent
+
+
 @pytest.fixture
 def omniglot_dir() -> Path:
-    if not (OMNIGLOT / "images_background.zip").is_file():
-        pytest.skip(f"Omniglot not found at {OMNIGLOT} (set METACTL_OMNIGLOT)")
-    return OMNIGLOT
+    return _real_data(OMNIGLOT / "images_background.zip", "Omniglot", "METACTL_OMNIGLOT")
+
+
+@pytest.fixture
+def oneshot_runs_zip() -> Path:
+    """Lake et al.'s real ``all_runs.zip`` (the 20 one-shot runs)."""
+    return _real_data(ONESHOT_RUNS / "all_runs.zip", "Omniglot one-shot runs", "METACTL_ONESHOT_RUNS") / "all_runs.zip"
+
+
+# --- CI: no silent skips -------------------------------------------------------------------------
+
+_skips: list[tuple[str, str]] = []  # (test id, reason)
+
+
+def _skip_reason(report: Any) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _record(report: Any) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _record(report)
+
+
+def _forbidden_skips() -> list[tuple[str, str]]:
+    return [(node, reason) for node, reason in _skips if not any(a in reason.lower() for a in CI_ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if in_ci() and _forbidden_skips() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    forbidden = _forbidden_skips() if in_ci() else []
+    if forbidden:
+        terminalreporter.section("skips not allowed in CI", sep="=", red=True, bold=True)
+        for node, reason in forbidden:
+            terminalreporter.write_line(f"{node}: {reason}")
+        allowed = ", ".join(CI_ALLOWED_SKIPS)
+        terminalreporter.write_line(f"CI is set: {len(forbidden)} skipped test(s) make this run fail (allowed: skip reasons mentioning {allowed}).")

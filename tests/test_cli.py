@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -15,6 +16,12 @@ from metactl.cli import app
 runner = CliRunner()
 TINY = ["--steps", "3", "--meta-batch", "2", "--eval-every", "2", "--eval-episodes", "3", "--width", "8", "--query-shots", "2",
         "--checkpoint-every", "2", "--threads", "1"]  # fmt: skip
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _no_torch(code: str) -> subprocess.CompletedProcess[str]:
@@ -163,10 +170,6 @@ def test_evaluate_same_episodes_for_every_run(tmp_path: Path) -> None:
     assert set(a["steps"][0]) >= {"step", "mean", "ci95"}
 
 
-if os.environ.get("METACTL_SKIP_SLOW"):
-    pytestmark = pytest.mark.skip("slow tests disabled")
-
-
 def test_metactl_algorithms_env_restricts_and_broken_plugin_is_a_warning(tmp_path: Path) -> None:
     """METACTL_ALGORITHMS limits the entry points seen; a plugin whose module is missing is one warning line."""
     dist = tmp_path / "broken_plugin-0.1.dist-info"
@@ -190,3 +193,45 @@ def test_metactl_algorithms_env_restricts_and_broken_plugin_is_a_warning(tmp_pat
         check=False,
     )
     assert bad.returncode == 1 and "failed to import" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluate_from_a_glob_of_snapshots(tmp_path: Path) -> None:
+    """README: ``metactl evaluate --from RUN/snapshots/*``: the shell hands over ``--from a b c``; every run is evaluated, in order."""
+    out, _ = _train(tmp_path, "--snapshot-every", "1", "--eval-every", "0")
+    snaps = sorted(glob.glob(str(out / "snapshots" / "*")))  # what the shell expands RUN/snapshots/* to
+    assert [Path(s).name for s in snaps] == ["step-0000001", "step-0000002", "step-0000003"]
+    common = ["--episodes", "2", "--steps", "1", "--query-shots", "2"]
+    globbed, repeated = tmp_path / "glob.json", tmp_path / "repeated.json"
+    result = runner.invoke(app, ["evaluate", "--from", *snaps, *common, "--json", str(globbed)])
+    assert result.exit_code == 0, result.output
+    assert all(f"step-000000{k}" in result.output for k in (1, 2, 3))  # a table row per snapshot
+    args = [a for s in snaps for a in ("--from", s)]
+    assert runner.invoke(app, ["evaluate", *args, *common, "--json", str(repeated)]).exit_code == 0
+    a, b = json.loads(globbed.read_text())["runs"], json.loads(repeated.read_text())["runs"]
+    assert [r["run"] for r in a] == [r["run"] for r in b] == snaps
+    assert [r["steps"] for r in a] == [r["steps"] for r in b]
+
+
+def test_evaluate_extra_argument_that_is_not_a_run_is_one_line(tmp_path: Path) -> None:
+    out, _ = _train(tmp_path, "--steps", "1")
+    for bad, expected in ((tmp_path / "nope", "no such folder"), (tmp_path, "metactl.json missing")):
+        result = runner.invoke(app, ["evaluate", "--from", str(out), str(bad), "--episodes", "2"])
+        assert result.exit_code == 1, result.output
+        assert expected in result.output and "more run dirs" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="CUDA is available here: this checks the error without it")
+@pytest.mark.parametrize("command", ["meta-train", "evaluate"])
+def test_device_cuda_without_cuda_is_one_line(tmp_path: Path, command: str) -> None:
+    if command == "evaluate":
+        run, _ = _train(tmp_path, "--steps", "1", "--data", "sinusoid")
+        args = ["evaluate", "--from", str(run), "--episodes", "2", "--device", "cuda"]
+    else:
+        run = tmp_path / "cuda-run"
+        args = ["meta-train", *TINY, "--out", str(run), "--device", "cuda"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "--device cuda: no CUDA device" in result.output and "Use --device cpu" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert command == "evaluate" or not run.exists()  # meta-train refused before writing anything

@@ -132,3 +132,87 @@ def test_official_omniglot_zip_reads_as_downloaded(omniglot_dir: Path) -> None:
     c = pool.names().index("images_background/Latin/character01")
     row = int(np.flatnonzero(names == "Latin/character01")[0]) * 20
     assert np.abs(pool.get(c).astype(int) - ref["images"][row : row + 20]).max() <= 1
+
+
+def _unpack(bits: np.ndarray) -> np.ndarray:
+    return np.unpackbits(bits, axis=-1)[..., : 105 * 105].reshape((*bits.shape[:-1], 105, 105))
+
+
+def test_real_oneshot_runs_read_as_lake_published_them(oneshot_runs_zip: Path) -> None:
+    """metactl's reader of Lake's real all_runs.zip (what ``--data oneshot:PATH`` evaluates) against an
+    independent parse: zipfile + PIL + class_labels.txt, and the packed oneshot_runs.npz beside it."""
+    import io
+    import re
+
+    from PIL import Image
+
+    from metactl.data.omniglot import oneshot_runs
+
+    runs = oneshot_runs(oneshot_runs_zip, default_preprocessing(105, invert=True))  # 105: the files' own size, no resampling
+    b = runs.batch
+    assert len(runs) == 20 and runs.ways == 20 and runs.shots == 1 and runs.names == [f"run{r:02d}" for r in range(1, 21)]
+    assert b.support_x.shape == b.query_x.shape == (20, 20, 1, 105, 105)
+    ref = np.load(oneshot_runs_zip.parent / "oneshot_runs.npz")
+    assert np.array_equal(b.query_y, ref["test_label"])  # query i of run r belongs to training class test_label[r, i]
+    assert np.array_equal(b.support_y, np.tile(np.arange(20), (20, 1)))
+    assert np.array_equal(b.support_x[:, :, 0], _unpack(ref["train_bits"]) * 255)  # ink = 255
+    assert np.array_equal(b.query_x[:, :, 0], _unpack(ref["test_bits"]) * 255)
+    with zipfile.ZipFile(oneshot_runs_zip) as zf:
+
+        def ink(member: str) -> np.ndarray:
+            return 255 - np.asarray(Image.open(io.BytesIO(zf.read(member))).convert("L"))
+
+        for r in (0, 7, 19):
+            lines = zf.read(f"run{r + 1:02d}/class_labels.txt").decode().split()
+            for i, (item, cls) in enumerate(zip(lines[::2], lines[1::2], strict=True)):
+                assert item == f"run{r + 1:02d}/test/item{i + 1:02d}.png"
+                label = int(re.fullmatch(rf"run{r + 1:02d}/training/class(\d\d)\.png", cls)[1]) - 1
+                assert b.query_y[r, i] == label
+                assert np.array_equal(b.query_x[r, i, 0], ink(item)) and np.array_equal(b.support_x[r, label, 0], ink(cls))
+
+
+def test_real_oneshot_runs_as_evaluate_reads_them(oneshot_runs_zip: Path) -> None:
+    """``--data oneshot:PATH`` in evaluate: 28x28 (inverted, then Lanczos, computed here by hand), whatever the run's invert."""
+    import io
+
+    from PIL import Image
+
+    from metactl.evaluate import _held_out_sampler
+
+    meta = {"task": "classification", "data": {"kind": "glyphs"}, "preprocessing": default_preprocessing(28, invert=False)}
+    runs = _held_out_sampler(meta, f"oneshot:{oneshot_runs_zip.parent}", 5, 1, 15)
+    ep = runs.episodes(19, 1)
+    assert ep.support_x.shape == (1, 20, 1, 28, 28) and ep.query_x.shape == (1, 20, 1, 28, 28)
+    with zipfile.ZipFile(oneshot_runs_zip) as zf:
+        img = 255 - np.asarray(Image.open(io.BytesIO(zf.read("run20/training/class05.png"))).convert("L"))
+    expected = np.asarray(Image.fromarray(img).resize((28, 28), Image.Resampling.LANCZOS))
+    assert np.array_equal(ep.support_x[0, 4, 0], expected)
+
+
+def test_ci_fails_on_missing_real_data_and_on_skips(tmp_path: Path) -> None:
+    """tests/conftest.py: with CI set, a missing dataset is an error and a skip (other than CUDA) fails the run; without CI both are listed skips."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\n"
+        "def test_real(omniglot_dir):\n    pass\n\n"
+        "def test_other():\n    pytest.skip('no data here')\n\n"
+        "def test_gpu():\n    pytest.skip('needs CUDA')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+
+    def probe(ci: str, *select: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CI": ci, "METACTL_OMNIGLOT": str(tmp_path / "nonexistent")}
+        cmd = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-rs", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py"), *select]
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    local = probe("")
+    assert local.returncode == 0 and "3 skipped" in local.stdout and "Omniglot not found" in local.stdout, local.stdout
+    missing = probe("true", "-k", "real")
+    assert missing.returncode == 1 and "CI must run the real-data tests: Omniglot not found" in missing.stdout, missing.stdout
+    skips = probe("true", "-k", "not real")  # skips only: the run still fails, naming every skip but the CUDA-only one
+    assert skips.returncode == 1, skips.stdout
+    not_allowed = skips.stdout.split("skips not allowed in CI")[1].split("short test summary")[0]
+    assert "test_other: no data here" in not_allowed and "test_gpu" not in not_allowed

@@ -11,9 +11,28 @@ from rich.table import Table
 from metactl.cli.common import console, handle_errors
 
 
+def _check_run_dir(run: Path, positional: bool) -> None:
+    """A MetactlError (one line) unless ``run`` is a meta-training run dir."""
+    from metactl.errors import MetactlError
+    from metactl.runs import read_meta
+
+    try:
+        meta = read_meta(run)
+        if meta.get("kind") != "run":
+            raise MetactlError(f"{run}: not a meta-training run (kind={meta.get('kind')!r}).", "Pass a directory written by metactl meta-train.")
+    except MetactlError as exc:
+        if not positional:
+            raise
+        raise MetactlError(
+            f"{exc.message} (arguments after the options are read as more run dirs, as --from RUN/snapshots/* expands)",
+            "Pass only run directories there.",
+        ) from None
+
+
 @handle_errors
 def evaluate(
     from_: list[Path] = typer.Option(None, "--from", help="Run dir(s) to compare. [default: newest under ./runs]"),
+    more: list[Path] = typer.Argument(None, metavar="RUN", help="More run dirs: what a shell glob expands to (--from RUN/snapshots/*).", show_default=False),
     data: str = typer.Option(
         None,
         help="FOLDER | FILE.zip | omniglot:DIR (the protocol's test characters) | oneshot:PATH (Lake's 20 runs). [default: the run's held-out classes]",
@@ -45,9 +64,14 @@ def evaluate(
 
         check_plot_target(plot)  # fail before the evaluation, not after it
     from metactl.evaluate import evaluate_runs
+    from metactl.perf import check_device
     from metactl.runs import atomic_write_json, latest_run
 
-    run_dirs = list(from_) if from_ else [latest_run()]
+    check_device(device)  # before reading any run
+    named = list(from_ or [])
+    run_dirs = [*named, *(more or [])] or [latest_run()]
+    for i, run in enumerate(run_dirs):  # every run readable before minutes are spent on the first
+        _check_run_dir(run, positional=i >= len(named) and bool(more))
     with console.status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes"):
         results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol)
     first = results[0]

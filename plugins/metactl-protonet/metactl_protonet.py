@@ -72,8 +72,6 @@ def prototype_head(protos: Tensor) -> tuple[Tensor, Tensor]:
 def _require_classification(learner: Learner) -> None:
     if learner.task != "classification":
         raise MetactlError(f"protonet needs a classification task (this one is {learner.task}).", "Choose image data, or another --algo.")
-    if not callable(getattr(learner.model, "features", None)):
-        raise MetactlError("protonet needs a model with a features(x, ref) method.", "Use the Conv-4 model.")
 
 
 class ProtoNet(AlgorithmBase):
