@@ -177,10 +177,10 @@ def test_real_oneshot_runs_as_evaluate_reads_them(oneshot_runs_zip: Path) -> Non
 
     from PIL import Image
 
-    from metactl.evaluate import _held_out_sampler
+    from metactl.data import held_out_sampler
 
     meta = {"task": "classification", "data": {"kind": "glyphs"}, "preprocessing": default_preprocessing(28, invert=False)}
-    runs = _held_out_sampler(meta, f"oneshot:{oneshot_runs_zip.parent}", 5, 1, 15)
+    runs = held_out_sampler(meta, f"oneshot:{oneshot_runs_zip.parent}", 5, 1, 15)
     ep = runs.episodes(19, 1)
     assert ep.support_x.shape == (1, 20, 1, 28, 28) and ep.query_x.shape == (1, 20, 1, 28, 28)
     with zipfile.ZipFile(oneshot_runs_zip) as zf:

@@ -138,7 +138,7 @@ def _validation_probs(run: Path, support: Path, query: Path, steps: int) -> tupl
 
     from metactl.config import TrainConfig
     from metactl.registry import load_algorithm, make_config
-    from metactl.train import load_run
+    from metactl.runs import load_run
 
     meta, learner = load_run(run)
     cls = load_algorithm(meta["algorithm"]["name"])
@@ -194,11 +194,11 @@ def test_export_refuses_a_file_that_differs_from_torch(ws: dict[str, Path], expo
 
     original = export_mod._onnx_bytes
 
-    def drifted(module: Any, size: int, metadata: dict[str, str]) -> bytes:
+    def drifted(module: Any, metadata: dict[str, str]) -> bytes:
         other = copy.deepcopy(module)
         with torch.no_grad():
             other.model.head.bias[0] += 0.5
-        return original(other, size, metadata)
+        return original(other, metadata)
 
     monkeypatch.setattr(export_mod, "_onnx_bytes", drifted)
     out = ws["root"] / "export-drifted"
@@ -228,7 +228,7 @@ def test_adapt_defaults_to_the_runs_adapt_steps(ws: dict[str, Path]) -> None:
 
     from metactl.config import TrainConfig
     from metactl.registry import load_algorithm, make_config
-    from metactl.train import load_run
+    from metactl.runs import load_run
 
     labels = ["bars", "columns", "ring"]
     sfiles = _files(ws["support"])
@@ -255,7 +255,7 @@ def test_head_for_a_different_number_of_labels(ws: dict[str, Path], kinds: list[
     import torch
     from safetensors.numpy import load_file
 
-    from metactl.train import load_run
+    from metactl.runs import load_run
 
     n = len(kinds)
     support = _folder(ws["root"] / f"support-{n}", kinds, counts, seed=20 + n)
@@ -323,15 +323,15 @@ def test_int8_agreement_is_measured_on_the_query_images(ws: dict[str, Path], mon
     _ok(runner.invoke(app, ["adapt", "--support", str(ws["support"]), "--from", str(ws["run"]), "--steps", "8", "--query", str(query), "--out", str(adapted)]))
     original, seen = export_mod._onnx_bytes, {}
 
-    def capture(module: Any, size: int, metadata: dict[str, str]) -> bytes:
-        seen.update(module=module, size=size, metadata=metadata)
-        return original(module, size, metadata)
+    def capture(module: Any, metadata: dict[str, str]) -> bytes:
+        seen.update(module=module, metadata=metadata)
+        return original(module, metadata)
 
-    def always_bars(data: bytes, calibration: np.ndarray, workdir: Path) -> bytes:
+    def always_bars(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) -> bytes:
         other = copy.deepcopy(seen["module"])
         with torch.no_grad():
             other.model.head.bias[0] += 100.0  # label 0 = "bars"
-        return original(other, seen["size"], seen["metadata"])
+        return original(other, seen["metadata"])
 
     monkeypatch.setattr(export_mod, "_onnx_bytes", capture)
     monkeypatch.setattr(export_mod, "_quantize", always_bars)

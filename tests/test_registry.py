@@ -29,12 +29,23 @@ class NoAdapt:
     """A plugin that forgot adapt() and its description."""
 
     name: ClassVar[str] = "no-adapt"
+    task_parallel: ClassVar[bool] = False
 
     @dataclass
     class Config:
         pass
 
     def __init__(self, config, train):
+        self.config = config
+        self.inner_lr_shape = "layer"
+
+    def setup(self, learner, info):
+        pass
+
+    def make_optimizer(self, groups, train):
+        raise NotImplementedError
+
+    def begin_step(self, step, total):
         pass
 
     def meta_gradient(self, learner, batch):
