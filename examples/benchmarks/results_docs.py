@@ -1,0 +1,408 @@
+"""Regenerate the results tables in docs/*.md from examples/results/*.json.
+
+    python examples/benchmarks/results_docs.py            # rewrite the tables in docs/*.md
+    python examples/benchmarks/results_docs.py --check    # exit 1 if a table is out of date
+
+Each table sits in a docs page between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``;
+everything outside the markers is hand-written and left alone. Every measured number in a table
+comes from a JSON file written by the command the page gives next to it (``metactl evaluate --json``
+or one of the scripts in examples/benchmarks/); what the script adds is only labels and the
+published reference figures of the papers. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+Json = dict[str, Any]
+Builder = Callable[[Path], list[str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def load(results: Path, name: str) -> Json:
+    return json.loads((results / name).read_text())
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def header(*cells: str) -> list[str]:
+    return [row(*cells), "|" + "---|" * len(cells)]
+
+
+def pct(mean: float, ci: float | None = None) -> str:
+    return f"{100 * mean:.1f}" if ci is None else f"{100 * mean:.1f} ± {100 * ci:.1f}"
+
+
+def mse(step: Json) -> str:
+    return f"{step['mean']:.2f} ± {step['ci95']:.2f} [{step['median']:.2f}]"
+
+
+def sci(x: float) -> str:
+    """One significant digit, ``2e-7`` style; 0 stays 0."""
+    if x == 0:
+        return "0"
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def step_of(run: Json, k: int) -> Json:
+    return next(s for s in run["steps"] if s["step"] == k)
+
+
+def final(run: Json) -> Json:
+    return run["steps"][-1]
+
+
+def best(run: Json) -> Json:
+    return max(run["steps"], key=lambda s: s["mean"])
+
+
+def adapts(run: Json) -> bool:
+    """Whether the accuracy depends on the number of steps (not so for prototype heads)."""
+    return len({round(s["mean"], 6) for s in run["steps"]}) > 1
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/results.md
+
+PRESETS = {  # file stem -> (setting, published MAML / best of the MAML family)
+    "preset-5w1s": ("5-way 1-shot", "98.7 / 99.5"),
+    "preset-20w1s": ("20-way 1-shot", "95.8 / 97.7"),
+    "preset-5w5s": ("5-way 5-shot", "99.9 / 99.9"),
+    "preset-20w5s": ("20-way 5-shot", "98.9 / 99.3"),
+}
+
+
+def presets(results: Path) -> list[str]:
+    out = header("setting", "algorithm", "test episodes", "after 1 step", "**after the preset's test steps** (steps)", "published (MAML / best of the family)")
+    for stem, (setting, published) in PRESETS.items():
+        run = load(results, f"{stem}.json")["runs"][0]
+        last = final(run)
+        one = step_of(run, 1)
+        tested = f"**{pct(last['mean'], last['ci95'])}** ({last['step']})"
+        out.append(row(setting, run["algorithm"], run["episodes"], pct(one["mean"], one["ci95"]), tested, published))
+    return out
+
+
+ONESHOT_LABELS = {
+    "omniglot-20w1s": "20-way 1-shot preset",
+    "omniglot-5w1s": "5-way 1-shot preset, evaluated 20-way",
+}
+
+
+def oneshot(results: Path) -> list[str]:
+    data = load(results, "oneshot-runs.json")
+    ks = [1, 2, 5, 10]
+    out = header("run", "head", *(f"error after {k} step{'s' if k > 1 else ''}" for k in ks))
+    for run in data["runs"]:
+        name = Path(run["run"]).name
+        cells = [f"{100 * (1 - step_of(run, k)['mean']):.1f} ± {100 * step_of(run, k)['ci95']:.1f} %" for k in ks]
+        out.append(row(ONESHOT_LABELS.get(name, name), run["head"], *cells))
+    return out
+
+
+ALGO_FILES = {setting: f"algorithms-4min-{setting}.json" for setting in ("5w1s", "5w5s", "20w1s", "20w5s")}
+ALGO_LABELS = {
+    "anil": "anil, 3 inner steps",
+    "imaml": "imaml, 5 inner steps",
+    "reptile": "reptile, 5 Adam steps",
+    "pretrain": "**pretrain** baseline",
+    "protonet": "protonet plugin",
+}
+ALGO_PUBLISHED = {  # 5w1s / 5w5s / 20w1s / 20w5s as published for each method
+    "maml": "98.7 / 99.9 / 95.8 / 98.9",
+    "fomaml": "98.3 / 99.2 / 89.4 / 97.9",
+    "metasgd": "99.5 / 99.9 / 95.9 / 99.0",
+    "anil": "– / – / 96.2 / 98.0",
+    "imaml": "99.5 / 99.7 / 96.2 / 99.1",
+    "reptile": "95.4 / 98.9 / 88.1 / 96.7",
+    "pretrain": "–",
+    "protonet": "(Snell et al.: 98.8 / 99.7 / 96.0 / 98.9)",
+}
+
+
+def algorithm_grid(results: Path, pick: Callable[[Json], Json], published: bool) -> list[str]:
+    columns = {col: {r["algorithm"]: r for r in load(results, f)["runs"]} for col, f in ALGO_FILES.items()}
+    order = list(next(iter(columns.values())))
+    top = {col: max(pick(r)["mean"] for r in runs.values()) for col, runs in columns.items()}
+    extra = ["published 5w1s / 5w5s / 20w1s / 20w5s"] if published else []
+    out = header("algorithm", *columns, *extra)
+    for algo in order:
+        cells = []
+        for col, runs in columns.items():
+            run = runs.get(algo)
+            if run is None:
+                cells.append("–")
+                continue
+            s = pick(run)
+            text = pct(s["mean"], s["ci95"])
+            if s["mean"] == top[col]:
+                text = f"**{text}**"
+            cells.append(f"{text} ({s['step']})" if adapts(run) else text)
+        out.append(row(ALGO_LABELS.get(algo, algo), *cells, *([ALGO_PUBLISHED.get(algo, "–")] if published else [])))
+    return out
+
+
+def algorithms_fixed(results: Path) -> list[str]:
+    return algorithm_grid(results, final, published=True)
+
+
+def algorithms_best(results: Path) -> list[str]:
+    return algorithm_grid(results, best, published=False)
+
+
+def meta_vs_pretrain(results: Path) -> list[str]:
+    data = load(results, "meta-vs-pretrain.json")
+    ks = [0, 1, 2, 3, 5, 10]
+    out = header("θ", *(f"{k} step{'s' if k != 1 else ''}" for k in ks))
+    for run in data["runs"]:
+        out.append(row(run["algorithm"], *(pct(step_of(run, k)["mean"], step_of(run, k)["ci95"]) for k in ks)))
+    return out
+
+
+SINUSOID_LABELS = {
+    "sinusoid-A": "**preset** `sinusoid.toml`: maml, α = 0.01 fixed, 5 inner steps trained with the MAML++ multi-step loss",
+    "sinusoid-maml-fixed": "maml as in the paper: α = 0.01 fixed, 1 inner step (`--inner-steps 1 --no-learn-inner-lr`)",
+    "sinusoid-pretrain": "**pretrain** baseline (α = 0.01, 1 step, the paper's setting)",
+}
+
+
+def sinusoid(results: Path) -> list[str]:
+    data = load(results, "sinusoid.json")
+    ks = [1, 5, 10]
+    out = header("run", *(f"{k} step{'s' if k > 1 else ''}" for k in ks))
+    for run in data["runs"]:
+        name = Path(run["run"]).name
+        out.append(row(SINUSOID_LABELS.get(name, f"{run['algorithm']} ({name})"), *(mse(step_of(run, k)) for k in ks)))
+    out.append(row("published (Finn et al. 2017): MAML / pre-training", "0.67 / 2.41", "0.38 / 2.23", "0.35 / 2.19"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/speed.md
+
+TTA_LABELS = {
+    "maml": "maml (bf16)",
+    "maml-fp32": "maml (fp32)",
+    "pretrain": "pretrain + fine-tuning (10 steps)",
+    "protonet": "protonet (plugin; not a learned initialization)",
+}
+TTA_ORDER = ["maml", "maml-fp32", "fomaml", "metasgd", "anil", "imaml", "reptile", "pretrain", "protonet"]
+
+
+def nearest(curve: list[Json], seconds: float) -> Json:
+    return min(curve, key=lambda p: abs(p["seconds"] - seconds))
+
+
+def time_to_95(results: Path) -> list[str]:
+    data = load(results, "time-to-95.json")
+    target = f"{100 * data['target']:.0f} %"
+    runs = data["results"]
+    order = [k for k in TTA_ORDER if k in runs] + [k for k in runs if k not in TTA_ORDER]
+    out = header("algorithm", f"time to {target}", "accuracy at ~2.5 / ~4.5 min", "best within budget")
+    for name in order:
+        r = runs[name]
+        t = r["time_to_target_seconds"]
+        reached = f"**{minutes(t)}**" if t is not None else f"not reached in {r['budget_minutes']:g} min"
+        early, late = nearest(r["curve"], 150), nearest(r["curve"], 270)
+        at = f"{pct(early['mean'])} ({minutes(early['seconds'])}) / {pct(late['mean'])} ({minutes(late['seconds'])})"
+        b = r["best"]
+        out.append(row(TTA_LABELS.get(name, name), reached, at, f"{pct(b['mean'], b['ci95'])} % at {minutes(b['seconds'])}"))
+    return out
+
+
+def bf16_vs_fp32(results: Path) -> list[str]:
+    runs = load(results, "time-to-95.json")["results"]
+    bf16 = {p["steps"]: p for p in runs["maml"]["curve"]}
+    fp32 = {p["steps"]: p for p in runs["maml-fp32"]["curve"]}
+    common = sorted(set(bf16) & set(fp32))
+    out = header("outer steps", "maml bf16: accuracy (training time)", "maml fp32: accuracy (training time)", "bf16 − fp32")
+    for k in common:
+        a, b = bf16[k], fp32[k]
+        cells = [f"{pct(p['mean'], p['ci95'])} ({minutes(p['seconds'])})" for p in (a, b)]
+        out.append(row(k, *cells, f"{100 * (a['mean'] - b['mean']):+.1f}"))
+    mean_diff = sum(bf16[k]["mean"] - fp32[k]["mean"] for k in common) / len(common)
+    out.append(row("mean", "", "", f"{100 * mean_diff:+.1f}"))
+    return out
+
+
+def throughput_table(results: Path, name: str) -> list[str]:
+    data = load(results, name)
+
+    def cell(r: Json, impl: str) -> str:
+        m = r.get(impl)
+        return f"{m['seconds']:.2f} s, {m['peak_mb']:.0f} MB" if m else "–"
+
+    out = header("algorithm (inner steps)", "metactl fp32", "metactl `--precision bf16`", "hand-written loop", "higher", "fp32 / bf16 speed-up vs hand")
+    for r in data["rows"]:
+        hand = r["hand"]["seconds"]
+        speedup = f"{hand / r['metactl']['seconds']:.2f}× / {hand / r['metactl-bf16']['seconds']:.2f}×"
+        out.append(row(f"{r['algorithm']} ({r['inner_steps']})", cell(r, "metactl"), cell(r, "metactl-bf16"), cell(r, "hand"), cell(r, "higher"), speedup))
+    return out
+
+
+def throughput(results: Path) -> list[str]:
+    return throughput_table(results, "throughput.json")
+
+
+def throughput_rerun(results: Path) -> list[str]:
+    return throughput_table(results, "throughput-maml-fomaml.json")
+
+
+VARIANT_NOTES = {
+    "fp32/nchw/intra-op": " (baseline)",
+    "fp32/channels-last/task-threads": " (**default**)",
+    "bf16/nchw/task-threads": " (**`--precision bf16`**)",
+}
+LAYOUT = {"nchw": "NCHW", "channels-last": "channels-last"}
+PARALLEL = {"intra-op": "intra-op threads", "task-threads": "task threads"}
+
+
+def speed_options(results: Path) -> list[str]:
+    data = load(results, "speed-options.json")["rows"]
+    algos = list(data)
+    out = header("variant", *(f"{a} (1)" for a in algos), f"\\|Δg\\|/\\|g\\| ({algos[0]})")
+    for variant in data[algos[0]]:
+        precision, layout, parallel = variant.split("/")
+        if precision == "bf16" and layout == "channels-last":
+            continue  # channels-last applies to float32 only: these rows repeat the NCHW ones
+        label = f"{precision}, {LAYOUT[layout] if precision == 'fp32' else 'NCHW'}, {PARALLEL[parallel]}{VARIANT_NOTES.get(variant, '')}"
+        cells = []
+        for a in algos:
+            v = data[a][variant]
+            cells.append(f"{v['seconds']:.2f} s" + ("" if v["speedup"] == 1.0 else f" ({v['speedup']:.2f}×)"))
+        out.append(row(label, *cells, sci(data[algos[0]][variant]["grad_rel_diff"])))
+    return out
+
+
+PROFILE_GROUPS = [  # (row label, operator groups of profile_step.py)
+    ("convolution backward", ["conv backward"]),
+    ("other backward (BatchNorm backward, …)", ["other backward"]),
+    ("convolution forward", ["conv forward"]),
+    ("max-pool (forward + backward)", ["pooling"]),
+    ("element-wise, copies, ReLU, BatchNorm forward, loss, other", ["element-wise", "allocation / copies", "relu", "batch-norm", "linear / loss", "other"]),
+    ("outside operators", ["outside operators"]),
+]
+
+
+def profile_step(results: Path) -> list[str]:
+    data = load(results, "profile-step.json")["results"]
+    out = header("share of a meta-step (profiled s/step)", *(f"{r['algo']} {r['precision']} ({r['seconds_per_step']:.2f})" for r in data))
+    for label, groups in PROFILE_GROUPS:
+        out.append(row(label, *(f"{100 * sum(r['groups_seconds'].get(g, 0.0) for g in groups) / r['seconds_per_step']:.0f} %" for r in data)))
+    out.append(row("convolution GFLOP per step / achieved GFLOP/s", *(f"{r['conv_gflop']:.0f} / {r['conv_gflops_per_s']:.0f}" for r in data)))
+    return out
+
+
+MEMORY_FILES = {  # column -> (file, algorithms the option applies to; None = all)
+    "default (2 task threads)": ("memory-inner-steps.json", None),
+    "`--checkpoint-inner`": ("memory-inner-steps-checkpoint.json", {"maml"}),
+    "`--task-threads 1`": ("memory-inner-steps-1thread.json", None),
+}
+NOT_APPLIED = {"fomaml": "(ignored: first order)", "imaml": "(not applicable)"}
+
+
+def memory(results: Path) -> list[str]:
+    cols = {label: (load(results, f)["rows"], only) for label, (f, only) in MEMORY_FILES.items()}
+    first = next(iter(cols.values()))[0]
+    algos = list(dict.fromkeys(k.split("@")[0] for k in first))
+    algos.sort(key=lambda a: ["maml", "fomaml", "imaml"].index(a) if a in ("maml", "fomaml", "imaml") else 99)
+    steps = sorted({int(k.split("@")[1]) for k in first})
+    out = header(f"inner steps {' / '.join(map(str, steps))}", *cols)
+    for algo in algos:
+        for metric, unit, fmt in (("peak_mb", "peak MB", "{:.0f}"), ("seconds", "s/step", "{:.2f}")):
+            cells = []
+            for rows, only in cols.values():
+                if only is not None and algo not in only:
+                    cells.append(NOT_APPLIED.get(algo, "–"))
+                else:
+                    cells.append(" / ".join(fmt.format(rows[f"{algo}@{k}"][metric]) for k in steps))
+            out.append(row(f"{algo}, {unit}", *cells))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+TABLES: dict[str, tuple[str, Builder]] = {
+    "presets": ("results.md", presets),
+    "oneshot-runs": ("results.md", oneshot),
+    "algorithms-4min": ("results.md", algorithms_fixed),
+    "algorithms-4min-best": ("results.md", algorithms_best),
+    "meta-vs-pretrain": ("results.md", meta_vs_pretrain),
+    "sinusoid": ("results.md", sinusoid),
+    "time-to-95": ("speed.md", time_to_95),
+    "time-to-95-bf16": ("speed.md", bf16_vs_fp32),
+    "throughput": ("speed.md", throughput),
+    "throughput-maml-fomaml": ("speed.md", throughput_rerun),
+    "speed-options": ("speed.md", speed_options),
+    "profile-step": ("speed.md", profile_step),
+    "memory-inner-steps": ("speed.md", memory),
+}
+
+
+def render(text: str, page: str, results: Path) -> tuple[str, list[str]]:
+    """The page with every marked table regenerated, and the names of the tables found."""
+    found: list[str] = []
+
+    def replace(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in TABLES or TABLES[name][0] != page:
+            raise SystemExit(f"{page}: no table named {name!r} belongs to this page")
+        found.append(name)
+        return m.group(1) + "\n".join(TABLES[name][1](results)) + "\n" + m.group(4)
+
+    return MARKER.sub(replace, text), found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from what the JSON files give")
+    parser.add_argument("--results", type=Path, default=ROOT / "examples" / "results", help="folder of the JSON files")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="folder of the markdown pages")
+    args = parser.parse_args(argv)
+
+    stale: list[str] = []
+    seen: set[str] = set()
+    for page in sorted({p for p, _ in TABLES.values()}):
+        path = args.docs / page
+        text = path.read_text()
+        new, found = render(text, page, args.results)
+        seen.update(found)
+        if new != text:
+            stale.append(page)
+            if not args.check:
+                path.write_text(new)
+    missing = sorted(set(TABLES) - seen)
+    if missing:
+        print(f"markers missing in docs/ for: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.check:
+        if stale:
+            print(f"out of date: {', '.join(stale)} (run python examples/benchmarks/results_docs.py)", file=sys.stderr)
+            return 1
+        print(f"{len(TABLES)} tables up to date")
+    else:
+        print(f"{len(TABLES)} tables; rewrote: {', '.join(stale) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
