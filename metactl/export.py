@@ -11,12 +11,20 @@ depends on the rest of the batch. The exporter checks its own file against torch
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from safetensors.torch import save
 
 from metactl import __version__, runs
 from metactl.adapt import MODEL, load_adapted
@@ -39,10 +47,6 @@ class ExportResult:
 
 
 def _onnx_bytes(module: Any, metadata: dict[str, str]) -> bytes:
-    import logging
-    import warnings
-
-    import onnx
 
     # the exporter logs one warning per optional torchvision op it cannot register: noise for us
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -65,7 +69,6 @@ def _onnx_bytes(module: Any, metadata: dict[str, str]) -> bytes:
 
 
 def _run_onnx(data: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     return sess.run(["probabilities"], inputs)[0]
@@ -76,7 +79,6 @@ def _rows(inputs: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
 
 
 def _quantize(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) -> bytes:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -85,8 +87,6 @@ def _quantize(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) ->
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
-
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, src, dst = workdir / "raw.onnx", workdir / "float.onnx", workdir / "int8.onnx"
     raw.write_bytes(data)
@@ -108,9 +108,6 @@ def _folder_images(info: dict[str, Any] | None, prep: dict[str, Any]) -> np.ndar
 
 
 def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False) -> ExportResult:
-    import tempfile
-
-    from safetensors.torch import save
 
     if quantize not in (None, "int8"):
         raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")

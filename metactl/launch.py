@@ -16,6 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
 from metactl.errors import MetactlError
 
 
@@ -33,8 +36,6 @@ def to_toml(values: dict[str, Any]) -> str:
 
 
 def launch_local(cfg: Any, nproc: int, out: Path, force: bool, resume: bool, json_out: bool) -> None:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     values = cfg.to_dict()
     if cfg.threads is None:

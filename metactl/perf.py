@@ -10,11 +10,18 @@ was once used is then kept by the process for reuse rather than returned between
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
+import itertools
 import sys
+import threading
 import weakref
 from typing import Any
+
+import torch
+
+from metactl.errors import MetactlError
 
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -45,13 +52,9 @@ def tune_malloc() -> bool:
 
 def check_device(device: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N``, usable here; a MetactlError saying what to do otherwise."""
-    from metactl.errors import MetactlError
-
     if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise MetactlError(f"--device {device}: unknown device.", "Use cpu, cuda or cuda:N.")
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise MetactlError(f"--device {device}: no CUDA device is available to torch here.", "Use --device cpu (or install a CUDA build of torch).")
         index = int(device[5:]) if ":" in device else 0
@@ -71,8 +74,6 @@ def task_workers(cfg: Any, algo: Any, device: str, tasks: int) -> int:
     Auto, on CPU and for an algorithm that declares ``task_parallel``: one worker per intra-op
     thread, each running its tasks with one thread (on the 2-core machine 1.10-1.16x faster than
     two threads inside every operator: examples/benchmarks/speed_options.py). On CUDA: 1."""
-    import torch
-
     if not getattr(algo, "task_parallel", False) or tasks < 2:
         return 1
     if cfg.task_threads:
@@ -95,11 +96,6 @@ def task_parallel_meta_gradient(algo: Any, learner: Any, batch: Any, workers: in
     """
     if workers <= 1:
         return algo.meta_gradient(learner, batch)
-    import copy
-    import itertools
-    import threading
-
-    import torch
 
     b = len(batch)
     bounds = [round(i * b / workers) for i in range(workers + 1)]

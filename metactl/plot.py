@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from metactl.errors import MetactlError
+from metactl.runs import atomic_write_bytes
 
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # lazy: matplotlib is the optional [plot] extra; its absence is a clear error, not an ImportError
     except ImportError:
         raise MetactlError(
             "--plot needs matplotlib, which is not installed.", 'Install the extra: pip install "metactl[plot]" (or pip install matplotlib).'
         ) from None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the headless backend above
 
     return plt
 
@@ -31,8 +32,6 @@ def check_plot_target(out: Path) -> Any:
 
 def plot_curves(results: list[dict[str, Any]], out: Path, title: str = "") -> Path:
     """One line per run: metric vs inner step with its 95 % confidence band; written atomically as PNG."""
-    from metactl.runs import atomic_write_bytes
-
     plt = check_plot_target(out)
     metric = results[0].get("metric", "accuracy")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)

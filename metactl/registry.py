@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
+from importlib.machinery import PathFinder
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -49,7 +50,6 @@ def _entry_points() -> list[EntryPoint]:
 def _find_spec(module: str) -> Any:
     """The module's spec, found without importing it or its parent packages (``importlib.util.find_spec``
     of a dotted name imports the parents, running a plugin package's ``__init__``)."""
-    from importlib.machinery import PathFinder
 
     parts = module.split(".")
     spec = importlib.util.find_spec(parts[0])  # a top-level name: asks the finders, imports nothing
@@ -129,7 +129,7 @@ def load_algorithm(name: str) -> Any:
 
 def check_contract(cls: Any) -> list[str]:
     """What the class lacks of :class:`metactl.api.Algorithm` (empty when nothing): each member by name."""
-    from metactl.api import CLASS_ATTRIBUTES, HOOKS, AlgorithmBase
+    from metactl.api import CLASS_ATTRIBUTES, HOOKS, AlgorithmBase  # lazy: api imports torch; `metactl algorithms` lists without it
 
     problems = []
     for attr in CLASS_ATTRIBUTES:
@@ -146,7 +146,7 @@ def check_contract(cls: Any) -> list[str]:
 
 def check_instance(algo: Any) -> list[str]:
     """What a constructed algorithm lacks: its ``config`` and a valid ``inner_lr_shape``."""
-    from metactl.api import INNER_LR_SHAPES
+    from metactl.api import INNER_LR_SHAPES  # lazy: api imports torch; `metactl algorithms` lists without it
 
     problems = []
     if not hasattr(algo, "config"):

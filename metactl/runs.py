@@ -1,6 +1,6 @@
 """Run dirs and their files: written atomically, read and validated.
 
-Layout (DESIGN §3)::
+Layout::
 
     runs/NAME/theta.safetensors    θ and α ("inner_lr.<param>")
     runs/NAME/metactl.json         version, config, model/data spec, preprocessing, split, seed, budget
@@ -19,6 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from metactl import __version__
 from metactl.api import Learner
 from metactl.errors import MetactlError
 from metactl.models import build_model
@@ -82,7 +87,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
     """safetensors, atomically (never pickle)."""
-    from safetensors.torch import save
 
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, save(data, metadata=metadata))
@@ -94,8 +98,6 @@ PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zi
 def load_tensors(path: Path) -> dict[str, Any]:
     """Read a safetensors file. Pickles (and torch.save files) are refused by inspecting their first
     bytes: nothing in metactl ever unpickles a file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
 
     try:
         raw = path.read_bytes()
@@ -157,8 +159,6 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 def check_version(version: Any, path: Path) -> None:
     """Files from another major version, or from a newer minor version than this one, are refused."""
-    from metactl import __version__
-
     if not isinstance(version, str) or not _version_tuple(version):
         raise MetactlError(f"{path}: no metactl version recorded.", "Use a folder written by metactl.")
     ours, theirs = _version_tuple(__version__), _version_tuple(version)
@@ -216,7 +216,6 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
     """Read a run dir back into (metadata, learner with θ and α; frozen weights from the model itself).
 
     The learner evaluates in float32 whatever precision the run trained in."""
-    import torch
 
     meta = read_meta(run)
     if meta.get("kind") != "run":
@@ -248,7 +247,6 @@ def with_head(learner: Learner, spec: dict[str, Any], n: int) -> tuple[Learner, 
     """The learner for ``n`` classes: unchanged when ``n`` is the trained way count, else a
     zero-initialised head (every label equally likely at step 0) keeping the head's learned α
     (element-wise α, Meta-SGD's, is per old class: its mean per step is used)."""
-    import torch
 
     if n == int(spec["num_classes"]):
         return learner, spec

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+from PIL import Image
 
 from metactl.data.images import decode_gray, is_image_name
 from metactl.errors import MetactlError
@@ -29,7 +31,6 @@ class ServedModel:
 
 
 def load_model(path: Path) -> ServedModel:
-    import onnxruntime as ort
 
     if not path.is_file():
         raise MetactlError(f"{path}: no such model file.", "Pass the model.onnx written by `metactl export --onnx`.")
@@ -47,7 +48,6 @@ def load_model(path: Path) -> ServedModel:
 
 def raw_pixels(path: Path, size: int) -> np.ndarray:
     """Decode to grayscale and resize (Lanczos): what a client sends; the graph does the rest."""
-    from PIL import Image
 
     gray = decode_gray(str(path), str(path))
     if gray.shape != (size, size):

@@ -34,6 +34,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from metactl.adapt import adapt
+from metactl.api import SetupInfo, TaskBatch
+from metactl.config import TrainConfig
+from metactl.data import open_data
+from metactl.data.episodes import training_tasks
+from metactl.data.tensors import to_batch
+from metactl.export import export
+from metactl.models import ModelBase, build_model
+from metactl.perf import task_parallel_meta_gradient
+from metactl.registry import check_contract, check_instance, load_algorithm, make_config
+from metactl.train import init_learner, learner_for_model, make_optimizer, meta_train
 
 ONNX_TOLERANCE = 1e-4  # README: the exported model matches torch to 1e-4
 
@@ -43,7 +60,6 @@ def make_image_folder(
 ) -> Path:
     """A tiny class-per-folder tree of PNGs (dark ink on white). ``omniglot_layout`` nests the
     classes as ``alphabetA/characterNN/XXXX_YY.png`` like Omniglot's zips; otherwise ``classNN/YY.png``."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     for c in range(classes):
@@ -58,8 +74,6 @@ def make_image_folder(
 
 
 def tiny_config(algo: str, data: Path, **overrides: Any) -> Any:
-    from metactl.config import TrainConfig
-
     values: dict[str, Any] = dict(
         algo=algo, data=str(data), ways=3, shots=1, query_shots=2, inner_steps=2, test_inner_steps=2, inner_lr=0.1,
         meta_batch=2, steps=3, width=8, eval_every=0, eval_episodes=2, checkpoint_every=2, threads=1, val_classes=0.3,
@@ -102,7 +116,6 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 def _grads(learner: Any) -> list[Any]:
     """A copy of every ``.grad`` of ``learner.parameters()`` (zeros where there is none)."""
-    import torch
 
     return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in learner.parameters()]
 
@@ -150,7 +163,6 @@ def _check_meta_gradient(algo: Any, learner: Any, batch: Any) -> tuple[list[Any]
 
 def _check_task_parallel(algo: Any, learner: Any, batch: Any, once: list[Any], metrics: dict[str, float]) -> None:
     """The trainer's task-parallel path with two workers gives the one-worker meta-gradient (same θ)."""
-    from metactl.perf import task_parallel_meta_gradient
 
     for p in learner.parameters():
         p.grad = None
@@ -168,7 +180,6 @@ def _check_task_parallel(algo: Any, learner: Any, batch: Any, once: list[Any], m
 
 
 def _check_adapt(algo: Any, learner: Any, sx: Any, sy: Any, steps: int) -> None:
-    import torch
 
     before = _snapshot(learner, model=True, grads=True)
     first = algo.adapt(learner, sx, sy, steps)
@@ -190,10 +201,6 @@ def _reference_probabilities(adapted: Path, pixels: np.ndarray) -> np.ndarray:
     """What the adapted folder promises, computed here: the model rebuilt from its ``metactl.json``
     with ``model.safetensors`` (normalisation statistics frozen), pixels / 255, inverted if the
     preprocessing says so, softmax. Not export's own parity code."""
-    import torch
-    from safetensors.torch import load_file
-
-    from metactl.models import build_model
 
     meta = json.loads((adapted / "metactl.json").read_text(encoding="utf-8"))
     tensors = load_file(adapted / "model.safetensors")
@@ -209,13 +216,11 @@ def _reference_probabilities(adapted: Path, pixels: np.ndarray) -> np.ndarray:
 
 def _raw_pixels(files: list[Path], size: int) -> np.ndarray:
     """Image files as a client sends them: grayscale, resized, not inverted, values 0-255, (n, 1, size, size)."""
-    from PIL import Image
 
     return np.stack([np.asarray(Image.open(f).convert("L").resize((size, size), Image.Resampling.LANCZOS)) for f in files])[:, None].astype(np.float32)
 
 
 def _check_onnx(export_dir: Path, adapted: Path, support: Path, others: Path) -> None:
-    import onnxruntime as ort
 
     meta = json.loads((adapted / "metactl.json").read_text(encoding="utf-8"))
     folders = sorted((d for d in support.iterdir() if d.is_dir()), key=lambda d: d.name)
@@ -244,10 +249,6 @@ class TokenBag:
 
     @classmethod
     def model(cls, num_classes: int) -> Any:
-        import torch
-        from torch import nn
-
-        from metactl.models import ModelBase
 
         class _TokenBag(ModelBase):
             def __init__(self) -> None:
@@ -267,9 +268,6 @@ class TokenBag:
     @classmethod
     def batch(cls, tasks: int, ways: int, shots: int, queries: int, seed: int = 0) -> Any:
         """Each class prefers its own few tokens; padded to LENGTH with a random number of real tokens."""
-        import torch
-
-        from metactl.api import TaskBatch
 
         g = torch.Generator().manual_seed(seed)
 
@@ -298,10 +296,6 @@ class TokenBag:
 
 def _check_token_task(algo: Any, cfg: Any) -> None:
     """meta_gradient, the task-parallel path and adapt on TokenBag's dict-of-tensors examples."""
-    import torch
-
-    from metactl.api import SetupInfo
-    from metactl.train import learner_for_model
 
     batch = TokenBag.batch(tasks=cfg.meta_batch, ways=cfg.ways, shots=2, queries=2)
 
@@ -325,17 +319,6 @@ def check_algorithm(name: str, tmp: Path, **config: Any) -> None:
     Every member of :class:`metactl.api.Algorithm` is checked: declared (a missing one is named),
     and then what each promises, on images (Conv-4, end to end through meta-train, adapt and export)
     and on text-shaped examples (a dict of token ids and attention mask per example)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from metactl.adapt import adapt
-    from metactl.api import SetupInfo
-    from metactl.data import open_data
-    from metactl.data.episodes import training_tasks
-    from metactl.data.tensors import to_batch
-    from metactl.export import export
-    from metactl.registry import check_contract, check_instance, load_algorithm, make_config
-    from metactl.train import init_learner, make_optimizer, meta_train
 
     cls = load_algorithm(name)  # a MetactlError naming every missing class member
     assert check_contract(cls) == [], check_contract(cls)

@@ -16,6 +16,7 @@ module owns everything around it, in four parts a reader can take one at a time:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -230,6 +232,7 @@ class Session:
     val_seconds: float = 0.0  # validation inside the loop; snapshots report training time without it
     stopped_by: str = "steps"
     val_start: list[dict[str, float]] = field(default_factory=list)
+    critical: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # θ's update and the step count, never cut in half
 
     @property
     def main(self) -> bool:
@@ -278,7 +281,19 @@ def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bo
             _truncate_metrics(out / runs.METRICS, s.step)
             report.message(f"Resuming {out} from step {s.step}.")
     world.broadcast_([t.data for t in learner.parameters()])
-    s.meta = {
+    s.meta = _run_meta(cfg, algo, data, world)
+    if replaces:
+        s.meta["replaces"] = replaces
+    if world.main:
+        runs.atomic_write_json(out / runs.META, s.meta)
+        if s.validate and cfg.eval_every > 0 and s.step == 0:
+            s.val_start = s.val_curve()
+    return s
+
+
+def _run_meta(cfg: TrainConfig, algo: Any, data: TaskData, world: World) -> dict[str, Any]:
+    """The run's ``metactl.json`` as training starts."""
+    return {
         "metactl_version": __version__,
         "kind": "run",
         "algorithm": {"name": cfg.algo, "config": dataclasses.asdict(algo.config) if dataclasses.is_dataclass(algo.config) else {}},
@@ -295,13 +310,6 @@ def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bo
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-    if replaces:
-        s.meta["replaces"] = replaces
-    if world.main:
-        runs.atomic_write_json(out / runs.META, s.meta)
-        if s.validate and cfg.eval_every > 0 and s.step == 0:
-            s.val_start = s.val_curve()
-    return s
 
 
 def reduce_gradients(world: World, learner: Learner, metrics: dict[str, float], device: str) -> dict[str, float]:
@@ -330,13 +338,14 @@ def outer_step(s: Session, episodes: EpisodeBatch, workers: int) -> dict[str, An
     metrics = task_parallel_meta_gradient(s.algo, s.learner, to_batch(episodes, s.device), workers)
     metrics = reduce_gradients(s.world, s.learner, metrics, s.device)
     finite = gradients_finite(metrics, s.learner)
-    if finite:
-        s.opt.step()
-        s.bad = 0
-    else:
-        s.skipped += 1
-        s.bad += 1
-    s.step += 1
+    with s.critical():
+        if finite:
+            s.opt.step()
+            s.bad = 0
+        else:
+            s.skipped += 1
+            s.bad += 1
+        s.step += 1
     record: dict[str, Any] = {
         "step": s.step,
         "loss": metrics["loss"],
@@ -380,6 +389,7 @@ def train_loop(s: Session) -> None:
     mine = s.world.slice(cfg.meta_batch)
     workers = task_workers(cfg, s.algo, s.device, len(mine))
     ctrl_c = _DeferredInterrupt()
+    s.critical = ctrl_c.critical
     batches: Iterator[EpisodeBatch] = prefetch(lambda k: training_tasks(s.data.train, cfg.seed, k, mine, TRAIN_STREAM), range(s.step, cfg.steps))
     try:
         for episodes in batches:
@@ -403,6 +413,7 @@ def train_loop(s: Session) -> None:
     finally:
         batches.close()  # type: ignore[attr-defined]
         ctrl_c.restore()
+        s.critical = contextlib.nullcontext
 
 
 def finish(s: Session) -> TrainResult:
@@ -472,18 +483,36 @@ def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, r
 class _DeferredInterrupt:
     """The first Ctrl-C only sets a flag, so the step in flight completes (θ, optimizer state, step
     count and metrics stay consistent) and the loop stops at its next safe point; a second Ctrl-C
-    interrupts at once."""
+    interrupts at once — except inside :meth:`critical` (the optimizer's update of θ and the step
+    count), which it lets finish first, so a checkpoint never holds a half-updated θ."""
 
     def __init__(self) -> None:
         self._flag = threading.Event()
+        self._critical = False
+        self._pending = False
         self._previous: Any = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._flag.is_set():
+            if self._critical:
+                self._pending = True
+                return
             raise KeyboardInterrupt
         self._flag.set()
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A second Ctrl-C inside this block takes effect when the block ends."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+            if self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
 
     def is_set(self) -> bool:
         return self._flag.is_set()

@@ -1,6 +1,6 @@
 """Seconds per meta-step: metactl's maml/fomaml next to a hand-written per-task loop, one process.
 
-Setting (issue #2 / DESIGN §5): Conv-4, 5-way 1-shot, 15 queries per class, meta-batch 32,
+Setting: Conv-4, 5-way 1-shot, 15 queries per class, meta-batch 32,
 one inner step, 2 threads, glyph episodes sampled beforehand (data loading is off the clock in
 both, as the trainer's prefetch thread keeps it off the critical path).
 

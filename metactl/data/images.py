@@ -12,6 +12,7 @@ import io
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 from metactl.errors import MetactlError
 
@@ -30,7 +31,6 @@ def is_image_name(name: str) -> bool:
 
 def _to_gray(img: Any) -> Any:
     """Any PIL mode (1, L, P, RGB, RGBA, CMYK, I;16, I, F, LA, ...) -> 'L', transparency over white."""
-    from PIL import Image
 
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
@@ -45,7 +45,6 @@ def _to_gray(img: Any) -> Any:
 
 def decode_gray(source: str | IO[bytes], name: str) -> np.ndarray:
     """Decode one file to a 2-D uint8 array (L mode, not yet resized or inverted)."""
-    from PIL import Image
 
     try:
         with Image.open(source) as img:
@@ -60,7 +59,6 @@ def decode_gray(source: str | IO[bytes], name: str) -> np.ndarray:
 
 def preprocess(gray: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
     """2-D uint8 gray -> (size, size) uint8 with ink = 255."""
-    from PIL import Image
 
     size = int(prep["size"])
     arr = 255 - gray if prep.get("invert", False) else gray

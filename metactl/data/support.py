@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from metactl.data.images import decode_gray, is_image_name, preprocess
 from metactl.errors import MetactlError
@@ -36,7 +37,6 @@ class LabeledImages:
 
 def read_gray_file(path: Path) -> np.ndarray:
     """One file -> 2-D uint8 grayscale as stored (not resized, not inverted)."""
-    from PIL import Image
 
     try:
         size = path.stat().st_size

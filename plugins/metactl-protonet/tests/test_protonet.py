@@ -41,6 +41,12 @@ def test_contract(tmp_path: Path) -> None:
     check_algorithm("protonet", tmp_path)
 
 
+def test_contract_in_bf16(tmp_path: Path) -> None:
+    """The same suite with the forward passes under bf16 autocast (the plugin reaches the model only
+    through ``Learner``, so it gets autocast, task threads and frozen weights like the built-ins)."""
+    check_algorithm("protonet", tmp_path, precision="bf16")
+
+
 def test_prototype_head_logits_are_negative_squared_distances_up_to_a_row_constant() -> None:
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(7, 5, generator=g, dtype=torch.float64)
@@ -123,3 +129,16 @@ def test_regression_is_refused_at_setup() -> None:
     learner = Learner(model, params, {k: torch.tensor(0.1) for k in params}, "regression")
     with pytest.raises(MetactlError, match="classification"):
         ProtoNet(ProtoNetConfig(), None).setup(learner, SetupInfo())
+
+
+def test_embeddings_follow_the_learners_precision() -> None:
+    """bf16 reaches the plugin: its embeddings are the learner's features under autocast (not a
+    float32 forward of its own), and differ from the float32 ones by bf16 rounding only."""
+    fp32 = tiny_learner(torch.float32)
+    bf16 = fp32.replace(precision="bf16")
+    x = tiny_batch(dtype=torch.float32).support_x[0]
+    with torch.no_grad():
+        e32, e16 = embed(fp32, fp32.params, x, ref=len(x)), embed(bf16, bf16.params, x, ref=len(x))
+        assert torch.equal(e16, bf16.features(bf16.params, x, ref=len(x)))
+    assert e16.dtype == torch.float32 and not torch.equal(e16, e32)
+    torch.testing.assert_close(e16, e32, rtol=0.05, atol=0.05)

@@ -1,0 +1,153 @@
+"""The package's import graph runs one way, and imports stay where a reader sees them.
+
+    errors ─► config, registry ─► api ─► inner, data, models ─► algorithms, runs ─► evaluate ─► train, adapt ─► export ─► cli
+
+A module may import only from its own layer's package or from lower layers; the graph has no
+cycle; and outside ``metactl/cli/`` (whose commands import their work lazily so that
+``metactl --help`` never loads torch) a function-level import is allowed only with its reason.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "metactl"
+
+LAYERS: list[tuple[str, ...]] = [
+    ("metactl", "metactl.errors"),
+    ("metactl.config", "metactl.registry", "metactl.distributed", "metactl.launch"),
+    ("metactl.api", "metactl.perf"),
+    ("metactl.inner", "metactl.data", "metactl.models"),
+    ("metactl.algorithms", "metactl.runs", "metactl.runtime"),
+    ("metactl.evaluate", "metactl.plot"),
+    ("metactl.train", "metactl.adapt"),
+    ("metactl.export",),
+    ("metactl.testing", "metactl.cli"),
+    ("metactl.__main__",),
+]
+
+# (module, imported module) -> why the import sits in a function
+LAZY = {
+    ("metactl.plot", "matplotlib"): "the optional [plot] extra: missing is a clear error",
+    ("metactl.plot", "matplotlib.pyplot"): "after choosing the headless backend",
+    ("metactl.registry", "metactl.api"): "api imports torch; `metactl algorithms` lists plugins without it",
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _targets(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """First-party modules an import statement loads (``from pkg import submodule`` counts as the submodule)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.module is None:
+        return []
+    subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES]
+    return subs if len(subs) == len(node.names) else [node.module, *subs]
+
+
+def _imports(module: str) -> tuple[set[str], list[tuple[int, str]]]:
+    """(module-level imports, function-level imports with line numbers) of ``module``."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    top: set[str] = set()
+    lazy: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                for target in _targets(child):
+                    (lazy.append((child.lineno, target)) if in_function else top.add(target))
+            visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef))
+
+    visit(tree, False)
+    return top, lazy
+
+
+def _layer(module: str) -> tuple[int, str]:
+    """(layer index, the layer entry it falls under) — the longest matching prefix."""
+    best = (-1, "")
+    for i, layer in enumerate(LAYERS):
+        for entry in layer:
+            if (module == entry or module.startswith(entry + ".")) and len(entry) > len(best[1]):
+                best = (i, entry)
+    assert best[0] >= 0, f"{module} is in no layer: add it to LAYERS"
+    return best
+
+
+def _graph() -> dict[str, set[str]]:
+    return {m: {t for t in _imports(m)[0] if t in MODULES and t != m} for m in MODULES}
+
+
+def test_no_import_cycle() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycle = [*stack[stack.index(t) :], t]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_imports_run_one_way() -> None:
+    wrong = []
+    for m, targets in _graph().items():
+        lm, em = _layer(m)
+        for t in targets:
+            lt, et = _layer(t)
+            if lt > lm or (lt == lm and et != em and t != "metactl"):
+                wrong.append(f"{m} (layer {lm}) imports {t} (layer {lt})")
+    assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_function_level_imports_only_where_they_keep_start_up_light() -> None:
+    found = []
+    for m in MODULES:
+        if m.startswith("metactl.cli"):
+            continue
+        for line, target in _imports(m)[1]:
+            if (m, target) not in LAZY:
+                found.append(f"{MODULES[m].relative_to(ROOT.parent)}:{line} imports {target} inside a function")
+    assert not found, "move these imports to the top of their module, or add them to LAZY with the reason:\n" + "\n".join(found)
+
+
+def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
+    """The cycle search on a graph with one (so a broken search cannot pass the real test silently)."""
+    global MODULES
+    real = MODULES
+    try:
+        pkg = tmp_path / "metactl"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        (pkg / "a.py").write_text("from metactl import b\n")
+        (pkg / "b.py").write_text("import metactl.a\n")
+        MODULES = {"metactl": pkg / "__init__.py", "metactl.a": pkg / "a.py", "metactl.b": pkg / "b.py"}
+        with pytest.raises(pytest.fail.Exception, match=r"import cycle: metactl\.a -> metactl\.b -> metactl\.a"):
+            test_no_import_cycle()
+    finally:
+        MODULES = real
