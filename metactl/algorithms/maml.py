@@ -78,7 +78,8 @@ def _checkpointed_step(learner: Learner, phi: Params, sx: Tensor, sy: Tensor, se
 def maml_meta_gradient(
     learner: Learner, batch: TaskBatch, steps: int, second_order: bool, step_weights: list[float] | None = None, checkpoint_inner: bool = False
 ) -> dict[str, float]:
-    """Per-task loop (``vmap`` over tasks measured slower on CPU, and wrong through BatchNorm's double backward): adapt, take the query loss at ϕᵢ, backpropagate it / B.
+    """Per-task loop: adapt, take the query loss at ϕᵢ, backpropagate it / B (``vmap`` over tasks
+    measured slower on CPU, and wrong through BatchNorm's double backward).
 
     ``step_weights`` (length ``steps``): the outer loss is Σₖ wₖ L_query(ϕₖ) instead of L_query(ϕ_K).
     ``checkpoint_inner``: recompute each inner step in the backward pass instead of storing it
