@@ -82,15 +82,17 @@ def tiny_config(algo: str, data: Path, **overrides: Any) -> Any:
     return TrainConfig(**values)
 
 
-def register_plugin(root: Path, entry_points: dict[str, str], distribution: str = "metactl-test-plugins") -> Path:
+def register_plugin(root: Path, entry_points: dict[str, str], distribution: str = "metactl-test-plugins", group: str = "metactl.algorithms") -> Path:
     """Write ``root/<distribution>-0.0.dist-info`` declaring ``entry_points`` (name -> "module:attr")
-    in the ``metactl.algorithms`` group, and return ``root``: put it on ``sys.path`` (e.g.
-    ``monkeypatch.syspath_prepend(root)``) and importlib.metadata finds it like an installed package."""
+    in ``group`` (``metactl.algorithms``, ``metactl.models`` or ``metactl.data``), and return ``root``:
+    put it on ``sys.path`` (e.g. ``monkeypatch.syspath_prepend(root)``) and importlib.metadata finds it
+    like an installed package. Models and sources are looked up once per process: call
+    ``metactl.models.refresh()`` / ``metactl.data.refresh()`` after adding one."""
     dist = root / f"{distribution.replace('-', '_')}-0.0.dist-info"
     dist.mkdir(parents=True, exist_ok=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.0\n", encoding="utf-8")
     lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
-    (dist / "entry_points.txt").write_text(f"[metactl.algorithms]\n{lines}", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{lines}", encoding="utf-8")
     return root
 
 

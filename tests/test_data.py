@@ -203,16 +203,18 @@ def test_ci_fails_on_missing_real_data_and_on_skips(tmp_path: Path) -> None:
     )
     repo = Path(__file__).resolve().parents[1]
 
-    def probe(ci: str, *select: str) -> subprocess.CompletedProcess[str]:
+    def probe(ci: str, *tests: str) -> subprocess.CompletedProcess[str]:
+        """Run the probe's ``tests`` (all when none), selected by node id: ``-k`` would also match the folder's name."""
         env = {**os.environ, "CI": ci, "METACTL_OMNIGLOT": str(tmp_path / "nonexistent")}
-        cmd = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-rs", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py"), *select]
+        ids = [f"{tmp_path / 'test_probe.py'}::{t}" for t in tests] or [str(tmp_path / "test_probe.py")]
+        cmd = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-rs", "-p", "no:cacheprovider", *ids]
         return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120, check=False)
 
     local = probe("")
     assert local.returncode == 0 and "3 skipped" in local.stdout and "Omniglot not found" in local.stdout, local.stdout
-    missing = probe("true", "-k", "real")
+    missing = probe("true", "test_real")
     assert missing.returncode == 1 and "CI must run the real-data tests: Omniglot not found" in missing.stdout, missing.stdout
-    skips = probe("true", "-k", "not real")  # skips only: the run still fails, naming every skip but the CUDA-only one
+    skips = probe("true", "test_other", "test_gpu")  # skips only: the run still fails, naming every skip but the CUDA-only one
     assert skips.returncode == 1, skips.stdout
     not_allowed = skips.stdout.split("skips not allowed in CI")[1].split("short test summary")[0]
     assert "test_other: no data here" in not_allowed and "test_gpu" not in not_allowed

@@ -28,6 +28,11 @@ def _registered() -> dict[str, Any]:
     return found
 
 
+def refresh() -> None:
+    """Look the entry points up again (after installing a plugin into this process's path)."""
+    _registered.cache_clear()
+
+
 def source(name: str) -> TaskSource:
     eps = _registered()
     if name not in eps:

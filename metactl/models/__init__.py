@@ -95,6 +95,11 @@ def _registered() -> dict[str, Any]:
     return found
 
 
+def refresh() -> None:
+    """Look the entry points up again (after installing a plugin into this process's path)."""
+    _registered.cache_clear()
+
+
 def model_class(kind: str) -> Any:
     eps = _registered()
     if kind not in eps:
