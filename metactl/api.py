@@ -109,6 +109,11 @@ class Learner:
     per_step_lr: bool = False  # α[name] has one entry per inner step (MAML++ LSLR); steps past the end reuse the last
     precision: str = "fp32"  # "bf16": forward passes under CPU/CUDA autocast, outputs returned as float32
     frozen: Params = field(default_factory=dict)  # weights used in the forward pass, never learned
+    outer_only: frozenset[str] = frozenset()  # θ entries the inner loop leaves alone (α fixed at 0): a body trained by the outer loop only
+
+    def inner_names(self) -> list[str]:
+        """The θ entries the inner loop adapts."""
+        return [n for n in self.params if n not in self.outer_only]
 
     def replace(self, **changes: Any) -> Learner:
         """A copy with some fields changed (every other field kept)."""

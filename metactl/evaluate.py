@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,18 @@ EVAL_STREAM = 1  # episode streams: 0 = training, 1 = validation/evaluation
 def algorithm_of_run(meta: dict[str, Any], cfg: TrainConfig) -> Any:
     """The algorithm a run was trained with, with its recorded options."""
     return build_algorithm(meta["algorithm"]["name"], meta["algorithm"].get("config", {}), cfg)
+
+
+def feature_fn(learner: Learner, device: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Examples (a dict of arrays) -> the body's features at θ, as numpy: for samplers that replace
+    their examples by features once (a frozen body)."""
+
+    def fn(x: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in x.items()}
+            return learner.features(learner.params, inputs).float().cpu().numpy()
+
+    return fn
 
 
 def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20) -> np.ndarray:
@@ -84,6 +97,8 @@ def evaluate_runs(
         n = getattr(sampler, "ways", ways or cfg.ways)
         if learner.task == "classification" and n != cfg.ways:
             learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
+        if learner.model.features_fixed() and hasattr(sampler, "precompute"):
+            sampler.precompute(feature_fn(learner, device))
         count = len(sampler) if hasattr(sampler, "episodes") else episodes
         values = adaptation_curve(algo, learner, sampler, count, k, seed, device)
         results.append(

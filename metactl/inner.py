@@ -30,7 +30,7 @@ def inner_step(
     step: int = 0,
 ) -> tuple[Params, Tensor]:
     """Inner step number ``step`` on (x, y); returns (new params, support loss before the step)."""
-    names = list(params) if names is None else list(names)
+    names = [n for n in params if n not in learner.outer_only] if names is None else list(names)
     loss = learner.loss(learner.forward(params, x, ref), y)
     grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=second_order)
     new = dict(params)

@@ -238,7 +238,7 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
     inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
     learner = Learner(
         model=model, params=params, inner_lr=inner, task=meta.get("task", "classification"),
-        per_step_lr=meta.get("inner_lr_shape") == "step", frozen=frozen,
+        per_step_lr=meta.get("inner_lr_shape") == "step", frozen=frozen, outer_only=frozenset(model.outer_only_parameter_names()),
     )  # fmt: skip
     return meta, learner
 

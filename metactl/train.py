@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from metactl.data.episodes import EpisodeBatch, prefetch, training_tasks
 from metactl.data.tensors import to_batch
 from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
-from metactl.evaluate import adaptation_curve, summarise
+from metactl.evaluate import adaptation_curve, feature_fn, summarise
 from metactl.models import build_model
 from metactl.perf import check_device, task_parallel_meta_gradient, task_workers, tune_malloc
 from metactl.registry import build_algorithm
@@ -114,9 +115,11 @@ def init_learner(model_spec: dict[str, Any], cfg: TrainConfig, task: str, device
 
 
 def learner_for_model(model: Any, cfg: TrainConfig, task: str, device: str, inner_lr_shape: str = "layer") -> Learner:
-    """θ and α (as :func:`init_learner`) for a model already built."""
+    """θ and α (as :func:`init_learner`) for a model already built. Parameters the model keeps for the
+    outer loop only get α = 0, not learned."""
     model = model.to(device)
     learned, frozen = runs.split_model_parameters(model)
+    outer_only = frozenset(model.outer_only_parameter_names())
     params = {k: v.detach().clone().requires_grad_(True) for k, v in learned.items()}
     if inner_lr_shape == "element":
         lr = {k: torch.full_like(v, float(cfg.inner_lr)).requires_grad_(cfg.learn_inner_lr) for k, v in params.items()}
@@ -124,16 +127,53 @@ def learner_for_model(model: Any, cfg: TrainConfig, task: str, device: str, inne
         lr = {k: torch.full((max(1, cfg.inner_steps),), float(cfg.inner_lr), device=device).requires_grad_(cfg.learn_inner_lr) for k in params}
     else:
         lr = {k: torch.tensor(float(cfg.inner_lr), device=device, requires_grad=cfg.learn_inner_lr) for k in params}
+    for k in outer_only:
+        lr[k] = torch.zeros_like(lr[k]).requires_grad_(False)
     return Learner(
         model=model, params=params, inner_lr=lr, task=task, per_step_lr=inner_lr_shape == "step", precision=cfg.precision, frozen=frozen,
+        outer_only=outer_only,
     )  # fmt: skip
+
+
+def model_spec_for(data: TaskData, cfg: TrainConfig) -> dict[str, Any]:
+    """The data's model, on the pretrained body ``--backbone`` names when it is a metactl run (an image
+    body: all its θ but the head initialises the model; ``--adapt head`` freezes it). A text source
+    builds its own spec on its Hugging Face backbone."""
+    spec = data.model_spec
+    if not cfg.backbone or spec.get("kind") == "text-classifier":
+        return spec
+    path = Path(cfg.backbone).expanduser()
+    if not (path / runs.META).is_file():
+        if (path / "config.json").is_file():
+            raise MetactlError(
+                f"--backbone {path} is a pretrained text encoder, but --data {cfg.data} is not text.",
+                "Use --data intents:DIR or text:FILE with it, or pass a metactl run dir as an image --backbone.",
+            )
+        raise MetactlError(f"--backbone {path}: neither a metactl run nor a pretrained model folder.", "Pass a run dir (runs/NAME) or a Hugging Face folder.")
+    meta = runs.read_meta(path)
+    if meta.get("kind") != "run" or not (path / runs.THETA).is_file():
+        raise MetactlError(f"--backbone {path}: not a finished metactl run.", "Pass a run dir written by metactl meta-train.")
+    body = meta["model"]
+    if body.get("kind") != spec.get("kind") or any(body.get(k) != spec.get(k) for k in ("in_channels", "image_size")):
+        raise MetactlError(
+            f"--backbone {path}: its model ({body.get('kind')}, {body.get('in_channels')}×{body.get('image_size')}) does not take this data's "
+            f"inputs ({spec.get('kind')}, {spec.get('in_channels')}×{spec.get('image_size')}).",
+            "Use a run trained on data of the same kind and size.",
+        )
+    if cfg.adapt == "lora":
+        raise MetactlError("--adapt lora adds adapters to a transformer's projections; this backbone is a Conv-4.", "Use --adapt head or --adapt all.")
+    sha = hashlib.sha256((path / runs.THETA).read_bytes()).hexdigest()
+    return {
+        **body, "num_classes": spec["num_classes"], "init_from": {"run": str(path.resolve()), "theta_sha256": sha},
+        "adapt": cfg.adapt, "train_body": cfg.train_body,
+    }  # fmt: skip
 
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The algorithm's outer optimizer (Adam by default) on θ, α (if learned) and its extra parameters."""
     groups: list[dict[str, Any]] = [{"params": list(learner.params.values()), "name": "theta"}]
     if cfg.learn_inner_lr:
-        groups.append({"params": list(learner.inner_lr.values()), "name": "inner_lr"})
+        groups.append({"params": [a for a in learner.inner_lr.values() if a.requires_grad], "name": "inner_lr"})
     if learner.extra:
         groups.append({"params": list(learner.extra.values()), "name": "extra"})
     return algo.make_optimizer(groups, cfg)
@@ -270,9 +310,15 @@ def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bo
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
         out = work
+    data.model_spec = model_spec_for(data, cfg)
     learner = init_learner(data.model_spec, cfg, data.kind, device, algo.inner_lr_shape)
     pool = getattr(data.train, "pool", None)
     algo.setup(learner, SetupInfo(train_classes=pool.num_classes if pool is not None else 0))
+    if learner.model.features_fixed():  # a frozen body under a head: each example's features once, not once per task
+        for sampler in (data.train, data.val):
+            if sampler is not None and hasattr(sampler, "precompute"):
+                report.message(f"Computing the frozen body's features of the {getattr(sampler, 'what', 'data')} examples once.")
+                sampler.precompute(feature_fn(learner, device))
     opt = make_optimizer(algo, learner, cfg)
     s = Session(cfg, algo, world, report, device, out, replaces, data, learner, opt, meta={})
     if resume:

@@ -17,8 +17,18 @@ from metactl.cli.common import console, handle_errors
 @handle_errors
 def meta_train(
     algo: str = typer.Option(None, help="Algorithm (see `metactl algorithms`). [default: maml]"),
-    data: str = typer.Option(None, help="glyphs | sinusoid | FOLDER | FILE.zip | omniglot:DIR (the official archives). [default: glyphs]"),
-    protocol: str = typer.Option(None, help="Split of omniglot:DIR: lake (background -> evaluation) | vinyals (1200 -> 423 characters). [default: lake]"),
+    data: str = typer.Option(
+        None, help="glyphs | sinusoid | FOLDER | FILE.zip | omniglot:DIR | intents:DIR | text:FILE.csv|.tsv|.jsonl|DIR. [default: glyphs]"
+    ),
+    protocol: str = typer.Option(
+        None,
+        help="omniglot:DIR: lake | vinyals; intents:DIR: domains (CLINC150 by domain) | unseen-clinc150 | unseen-banking77 | unseen-hwu64. [default: lake]",
+    ),
+    backbone: str = typer.Option(None, help="Pretrained body: a local Hugging Face folder (text) or a metactl run dir (images)."),
+    adapt: str = typer.Option(None, help="What the inner loop adapts on a backbone: head | lora | all. [default: all]"),
+    lora_rank: int = typer.Option(None, help="Rank of the LoRA adapters (--adapt lora). [default: 8]"),
+    train_body: bool = typer.Option(None, "--train-body/--no-train-body", help="Let the outer loop update the pretrained body too. [default: off]"),
+    max_length: int = typer.Option(None, help="Text: tokens per example; longer texts are truncated. [default: 64]"),
     ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
     shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),
     query_shots: int = typer.Option(None, help="Query examples per class. [default: 15]"),
@@ -71,7 +81,8 @@ def meta_train(
         meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
         eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, max_bad_steps=max_bad_steps, rotations=rotations,
         width=width, threads=threads, task_threads=task_threads,
-        precision=precision, checkpoint_inner=checkpoint_inner,
+        precision=precision, checkpoint_inner=checkpoint_inner, backbone=backbone, adapt=adapt, lora_rank=lora_rank,
+        train_body=train_body, max_length=max_length,
     )  # fmt: skip
     file_values = load_toml(config) if config else {}
     if resume and out is not None and (out / "metactl.json").is_file():

@@ -57,6 +57,16 @@ class Model(Protocol):
         """Parameters that are not meta-learned (a pretrained body): not in θ, α, the optimizer or the run dir."""
         ...
 
+    def outer_only_parameter_names(self) -> list[str]:
+        """Meta-learned parameters the inner loop leaves alone (their inner learning rate is fixed at 0)."""
+        ...
+
+    def features_fixed(self) -> bool:
+        """True when the body's output never changes during meta-training (a frozen body under a head that
+        alone adapts): the trainer then computes each example's features once (``forward`` takes
+        ``{"features": ...}``)."""
+        ...
+
     def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:
         """Tensors to freeze into the adapted model so that one prediction never depends on the rest of a batch
         (the normalisation statistics of the support set ``x`` at the adapted ``params``)."""
@@ -76,6 +86,12 @@ class ModelBase(nn.Module):
 
     def frozen_parameter_names(self) -> list[str]:
         return []
+
+    def outer_only_parameter_names(self) -> list[str]:
+        return []
+
+    def features_fixed(self) -> bool:
+        return False
 
     def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:
         return {}

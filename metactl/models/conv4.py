@@ -15,14 +15,18 @@ Deliberate differences from the paper's code, none changing the function class:
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metactl.api import Params
+from metactl.errors import MetactlError
 from metactl.models import ModelBase
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -149,12 +153,52 @@ class Conv4(ModelBase):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Conv4:
-        return cls(
+        """The spec may name a pretrained body: ``init_from = {"run": DIR, "theta_sha256": ...}`` (a metactl
+        run whose θ, all but the head, initialises the body) with ``adapt`` = ``head`` (body frozen unless
+        ``train_body``) or ``all``."""
+        model = cls(
             num_classes=int(spec["num_classes"]),
             in_channels=int(spec.get("in_channels", 1)),
             image_size=int(spec.get("image_size", 28)),
             width=int(spec.get("width", 64)),
         )
+        model.spec = dict(spec)
+        if spec.get("init_from"):
+            model._load_body(spec["init_from"])
+        return model
+
+    spec: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance by from_spec
+
+    def _load_body(self, source: dict[str, Any]) -> None:
+        path = Path(source["run"]) / "theta.safetensors"
+        if not path.is_file():
+            raise MetactlError(f"The pretrained body {path.parent} is missing (this run was trained on top of it).", "Put that run back at its path.")
+        data = path.read_bytes()
+        if source.get("theta_sha256") and hashlib.sha256(data).hexdigest() != source["theta_sha256"]:
+            raise MetactlError(f"{path} changed since this run was trained on top of it.", "Use the exact run the body came from.")
+        theta = safetensors.torch.load(data)
+        body = {k: v for k, v in theta.items() if not k.startswith(("head.", "inner_lr."))}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("head.") and k in dict(self.named_parameters())}
+        if set(body) != set(own) or any(body[k].shape != own[k].shape for k in own):
+            raise MetactlError(
+                f"--backbone {path.parent}: its body does not fit this model (other width, channels or image size).",
+                "Use a run trained on data of the same shape.",
+            )
+        with torch.no_grad():
+            for k, v in self.named_parameters():
+                if k in body:
+                    v.copy_(body[k])
+
+    def _body_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if not n.startswith("head.")]
+
+    def frozen_parameter_names(self) -> list[str]:
+        if self.spec.get("adapt") == "head" and not self.spec.get("train_body"):
+            return self._body_names()
+        return []
+
+    def outer_only_parameter_names(self) -> list[str]:
+        return self._body_names() if self.spec.get("adapt") == "head" and self.spec.get("train_body") else []
 
     def deployment_buffers(self, params: Params, x: Any) -> dict[str, torch.Tensor]:
         """Per-channel mean and (biased) variance each normalisation layer sees for ``x`` at ``params``."""

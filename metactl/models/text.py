@@ -1,0 +1,273 @@
+"""A text classifier on a pretrained encoder: a local Hugging Face / sentence-transformers folder
+(``config.json``, ``model.safetensors``, ``tokenizer.json``, optional ``1_Pooling/`` and ``modules.json``),
+its pooling, and a linear head.
+
+What the inner loop adapts, and so what θ holds, is ``adapt``:
+
+- ``head``: the head only, on a frozen body (ANIL on a foundation model). The body's features never
+  change during meta-training, so the trainer computes them once per example (``features_fixed``);
+- ``lora``: low-rank adapters (LoRA, Hu et al. 2021, through ``peft``) of rank ``lora_rank`` on every
+  attention and feed-forward projection of the encoder (``query``, ``key``, ``value``, ``dense``), plus
+  the head; their initial values and one inner learning rate per adapter matrix are meta-learned;
+- ``all``: every weight (for small models).
+
+The body is frozen (``Learner.frozen``: in every forward pass, never in θ, α, the optimizer or the run
+dir) unless ``train_body``, which lets the outer loop update it (inner learning rate fixed at 0). The run
+records the backbone's path and the sha256 of its weights; building the model from a spec whose file
+changed is refused. Dropout is off: the inner loop is a deterministic function of θ.
+
+Second-order gradients need the eager attention implementation (PyTorch's fused CPU attention has no
+double backward), which is what this module loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
+
+from metactl.api import Params
+from metactl.errors import MetactlError
+from metactl.models import ModelBase
+
+WEIGHTS = "model.safetensors"
+LORA_TARGETS = r".*encoder\.layer\.\d+\..*\.(query|key|value|dense)$"  # every attention and feed-forward projection
+ADAPT_MODES = ("head", "lora", "all")
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def backbone_sha256(folder: Path) -> str:
+    """sha256 of the folder's weights file (cached per path, size and modification time)."""
+    path = folder / WEIGHTS
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def is_backbone_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / WEIGHTS).is_file()
+
+
+def describe_backbone(folder: Path) -> dict[str, Any]:
+    """What the folder says about how to use it: pooling (``1_Pooling/config.json``; mean if absent),
+    whether the sentence embedding is L2-normalised (a ``Normalize`` module in ``modules.json``), the
+    hidden size, and whether it has a ``tokenizer.json``."""
+    folder = Path(folder)
+    if not is_backbone_folder(folder):
+        raise MetactlError(
+            f"--backbone {folder}: not a pretrained model folder (config.json and {WEIGHTS} are needed).",
+            "Pass a local Hugging Face / sentence-transformers folder, e.g. one saved with save_pretrained().",
+        )
+    pooling, normalize = "mean", False
+    modules = folder / "modules.json"
+    pool_dir = folder / "1_Pooling"
+    try:
+        if modules.is_file():
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
+            pool_dir = next((folder / e["path"] for e in entries if str(e.get("type", "")).endswith("Pooling")), pool_dir)
+        if (pool_dir / "config.json").is_file():
+            cfg = json.loads((pool_dir / "config.json").read_text(encoding="utf-8"))
+            modes = [
+                m for m, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"), ("mean", "pooling_mode_mean_tokens")) if cfg.get(key)
+            ]
+            if len(modes) > 1:
+                raise MetactlError(f"{pool_dir / 'config.json'}: several pooling modes at once ({', '.join(modes)}).", "Use a folder with one pooling mode.")
+            pooling = modes[0] if modes else "mean"
+        hidden = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MetactlError(f"--backbone {folder}: cannot read its configuration ({exc}).", "Use an intact pretrained folder.") from None
+    return {"pooling": pooling, "normalize": normalize, "hidden": hidden, "tokenizer": (folder / "tokenizer.json").is_file()}
+
+
+def text_model_spec(backbone: Path, num_classes: int, adapt: str, lora_rank: int, train_body: bool, max_length: int) -> dict[str, Any]:
+    """The spec a text run records for ``backbone`` (its path and the sha256 of its weights)."""
+    info = describe_backbone(backbone)
+    if adapt not in ADAPT_MODES:
+        raise MetactlError(f"--adapt {adapt}: unknown.", f"Use one of: {', '.join(ADAPT_MODES)}.")
+    return {
+        "kind": "text-classifier",
+        "backbone": str(Path(backbone).resolve()),
+        "backbone_sha256": backbone_sha256(Path(backbone)),
+        "num_classes": int(num_classes),
+        "adapt": adapt,
+        "lora_rank": int(lora_rank),
+        "train_body": bool(train_body),
+        "pooling": info["pooling"],
+        "normalize": info["normalize"],
+        "hidden": info["hidden"],
+        "max_length": int(max_length),
+    }
+
+
+def _load_encoder(folder: Path) -> nn.Module:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a hub call: everything comes from the folder
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        kwargs: dict[str, Any] = {"attn_implementation": "eager", "local_files_only": True}
+        if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta", "electra", "mpnet"):
+            kwargs["add_pooling_layer"] = False  # sentence pooling is ours; the unused pooler would get no gradient
+        encoder = AutoModel.from_pretrained(folder, config=config, **kwargs)
+    except TypeError:
+        encoder = AutoModel.from_pretrained(folder, attn_implementation="eager", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise MetactlError(f"--backbone {folder}: transformers cannot load it ({str(exc).splitlines()[0]}).", "Use an intact pretrained folder.") from None
+    return encoder.eval()
+
+
+def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
+    """Sentence embedding from token states ``hidden`` (n, L, D) and the attention mask (n, L)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    if mode == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class TextClassifier(ModelBase):
+    """Pretrained encoder + pooling (+ L2 normalisation) + linear head."""
+
+    def __init__(self, encoder: nn.Module, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.spec = dict(spec)
+        self.encoder = encoder
+        self.head = nn.Linear(int(spec["hidden"]), int(spec["num_classes"]))
+        self.encoder.eval()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> TextClassifier:
+        folder = Path(spec["backbone"])
+        if not is_backbone_folder(folder):
+            raise MetactlError(
+                f"The pretrained body {folder} is missing (this run or model was trained on top of it).",
+                "Put the same pretrained folder back at that path.",
+            )
+        want = spec.get("backbone_sha256")
+        if want and backbone_sha256(folder) != want:
+            raise MetactlError(
+                f"{folder / WEIGHTS} is not the file this was trained on (sha256 {backbone_sha256(folder)[:12]}…, expected {want[:12]}…).",
+                "Use the exact pretrained weights the run was meta-trained with.",
+            )
+        encoder = _load_encoder(folder)
+        if spec.get("adapt") == "lora":
+            rank = int(spec.get("lora_rank", 8))
+            lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
+            encoder = get_peft_model(encoder, lora)
+        return cls(encoder, spec)
+
+    def train(self, mode: bool = True) -> TextClassifier:
+        super().train(mode)
+        self.encoder.eval()  # dropout off: adaptation is a deterministic function of θ
+        return self
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        f = pool(hidden, attention_mask, self.spec.get("pooling", "mean"))
+        return F.normalize(f, dim=-1) if self.spec.get("normalize") else f
+
+    def forward(self, x: dict[str, Tensor], ref: int | None = None, tasks: int = 1, return_features: bool = False) -> Tensor:
+        """Logits (or the pooled features) of a dict of ``input_ids`` and ``attention_mask``, or of
+        precomputed ``features``. No normalisation statistics: ``ref`` and ``tasks`` change nothing."""
+        f = x["features"] if "features" in x else self.encode(x["input_ids"], x["attention_mask"])
+        return f if return_features else self.head(f)
+
+    def _body_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.startswith("encoder.") and "lora_" not in n]
+
+    def frozen_parameter_names(self) -> list[str]:
+        if self.spec.get("adapt") == "all" or self.spec.get("train_body"):
+            return []
+        return self._body_names()
+
+    def outer_only_parameter_names(self) -> list[str]:
+        """With ``train_body`` in head/LoRA mode the body learns in the outer loop only (α fixed at 0)."""
+        return self._body_names() if self.spec.get("train_body") and self.spec.get("adapt") != "all" else []
+
+    def features_fixed(self) -> bool:
+        """True when nothing of the body ever changes: its features can be computed once per example."""
+        return self.spec.get("adapt") == "head" and not self.spec.get("train_body")
+
+    def merged_encoder(self) -> nn.Module:
+        """The encoder with any LoRA adapters merged into its weights (a plain transformers model)."""
+        enc = copy.deepcopy(self.encoder)
+        return enc.merge_and_unload() if isinstance(enc, PeftModel) else enc
+
+    def export_module(self, preprocessing: dict[str, Any]) -> TextExport:
+        return TextExport(self.merged_encoder(), copy.deepcopy(self.head), self.spec).eval()
+
+    def export_assets(self, labels: list[str]) -> dict[str, bytes]:
+        """``tokenizer.json`` and a ``config.json`` Hugging Face tooling reads (labels, architecture, pooling)."""
+        folder = Path(self.spec["backbone"])
+        base = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = {
+            **base,
+            "architectures": ["MetactlTextClassifier"],
+            "metactl_encoder_architectures": base.get("architectures", []),
+            "num_labels": len(labels),
+            "id2label": {str(i): lab for i, lab in enumerate(labels)},
+            "label2id": {lab: i for i, lab in enumerate(labels)},
+            "pooling": self.spec.get("pooling", "mean"),
+            "normalize": bool(self.spec.get("normalize")),
+            "max_length": int(self.spec.get("max_length", 64)),
+        }
+        return {"tokenizer.json": (folder / "tokenizer.json").read_bytes(), "config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()}
+
+    def adapted_assets(self) -> dict[str, bytes]:
+        """The adapted LoRA as a PEFT adapter folder (``peft/``) that ``PeftModel.from_pretrained`` loads."""
+        if not isinstance(self.encoder, PeftModel):
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            self.encoder.save_pretrained(tmp, safe_serialization=True)
+            return {f"peft/{p.name}": p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+    def deployment_buffers(self, params: Params, x: Any) -> dict[str, Tensor]:
+        return {}
+
+
+class TextExport(nn.Module):
+    """The exported graph: ``input_ids`` and ``attention_mask`` (int64, [batch, seq]) -> ``logits`` and ``probabilities``."""
+
+    input_names = ["input_ids", "attention_mask"]  # noqa: RUF012
+    output_names = ["logits", "probabilities"]  # noqa: RUF012
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.encoder, self.head, self.spec = encoder, head, dict(spec)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        f = pool(hidden, attention_mask, self.spec.get("pooling", "mean"))
+        if self.spec.get("normalize"):
+            f = F.normalize(f, dim=-1)
+        logits = self.head(f)
+        return logits, torch.softmax(logits, dim=-1)
+
+    def example_inputs(self) -> tuple[Tensor, ...]:
+        ids = torch.tensor([[101, 2054, 2003, 102, 0], [101, 7592, 102, 0, 0]], dtype=torch.int64)
+        return ids, (ids != 0).long()
+
+    def client_inputs(self, examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"input_ids": np.asarray(examples["input_ids"], np.int64), "attention_mask": np.asarray(examples["attention_mask"], np.int64)}
+
+
+__all__ = ["ADAPT_MODES", "TextClassifier", "TextExport", "backbone_sha256", "describe_backbone", "pool", "text_model_spec"]
