@@ -57,11 +57,17 @@ def norm_statistics(model: nn.Module, params: Params, x: Inputs) -> dict[str, to
 
 
 def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """The adapted model with frozen normalisation statistics, in eval mode."""
+    """The adapted model in eval mode: its weights from ``tensors`` (everything but the frozen
+    pretrained body, which the model brings itself) and its deployment buffers (normalisation statistics)."""
     model = build_model(spec)
     model.prepare_deployment()  # type: ignore[operator]
+    expected = set(model.state_dict()) - set(model.frozen_parameter_names())  # type: ignore[operator]
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise MetactlError(f"The adapted weights do not match their model spec ({what}).", "Run `metactl adapt` again.")
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:
         raise MetactlError(f"The adapted weights do not match their model spec ({str(exc).splitlines()[0]}).", "Run `metactl adapt` again.") from None
     return model.eval()
@@ -115,9 +121,9 @@ def adapt(
     trajectory = algo.adapt(learner, dx, dy, k)
     with torch.no_grad():
         losses = [float(learner.loss(learner.forward(p, dx), dy)) for p in trajectory]
-    phi = {**learner.frozen, **trajectory[-1]}  # the whole model: frozen weights too
+    phi = trajectory[-1]  # the frozen pretrained body is not stored: the model spec brings it back
     tensors = {k2: v.detach() for k2, v in phi.items()}
-    tensors.update(norm_statistics(learner.model, phi, dx))
+    tensors.update(norm_statistics(learner.model, {**learner.frozen, **phi}, dx))
     tensors = {k2: v.cpu() for k2, v in tensors.items()}
     model = deployable(spec, tensors)
     with torch.no_grad():
