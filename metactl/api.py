@@ -178,6 +178,9 @@ class Algorithm(Protocol):
     """One line for ``metactl algorithms``."""
     Config: ClassVar[type]
     """A dataclass of the algorithm's own options (``algo_options`` in a config file); validate in ``__post_init__``."""
+    meta_learns: ClassVar[bool]
+    """False for a baseline with nothing to meta-learn (its ``adapt`` is the whole method): ``meta_gradient``
+    then adds no gradient, and a run of it (``meta-train --steps 1``) is the pretrained initialization."""
     task_parallel: ClassVar[bool]
     """True when the meta-gradient and metrics are means over independent tasks: the trainer may then split
     the meta-batch over task threads (``--task-threads``) and sum the parts. False: one call per meta-batch."""
@@ -211,7 +214,7 @@ class Algorithm(Protocol):
 
 
 HOOKS: tuple[str, ...] = ("setup", "make_optimizer", "begin_step", "meta_gradient", "adapt")
-CLASS_ATTRIBUTES: tuple[str, ...] = ("name", "description", "Config", "task_parallel")
+CLASS_ATTRIBUTES: tuple[str, ...] = ("name", "description", "Config", "meta_learns", "task_parallel")
 INSTANCE_ATTRIBUTES: tuple[str, ...] = ("config", "inner_lr_shape")
 
 
@@ -222,6 +225,7 @@ class AlgorithmBase:
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type]
+    meta_learns: ClassVar[bool] = True
     task_parallel: ClassVar[bool] = False
     inner_lr_shape: InnerLrShape = "layer"
 

@@ -178,3 +178,31 @@ def test_per_step_inner_lr_gives_each_inner_step_its_own_alpha() -> None:
     for k, a in learner.inner_lr.items():
         torch.testing.assert_close(a.grad, fd[k], rtol=1e-5, atol=1e-7)
         assert float(a.grad[0].abs()) > 0 and float(a.grad[1].abs()) > 0
+
+
+def test_centroid_head_classifies_by_the_nearest_class_mean() -> None:
+    """The centroid head's argmax is the nearest class mean in Euclidean distance (computed here directly)."""
+    from metactl.algorithms.centroid import centroid_head
+
+    g = torch.Generator().manual_seed(0)
+    feats, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.arange(3).repeat(4)
+    w, b = centroid_head(feats, y, 3)
+    means = torch.stack([feats[y == c].mean(0) for c in range(3)])
+    queries = torch.randn(50, 5, generator=g, dtype=torch.float64)
+    nearest = torch.cdist(queries, means).argmin(-1)
+    assert torch.equal((queries @ w.T + b).argmax(-1), nearest)
+    torch.testing.assert_close(queries @ w.T + b, -torch.cdist(queries, means).pow(2) + queries.pow(2).sum(-1, keepdim=True))
+
+
+def test_probe_reaches_the_optimum_of_regularised_logistic_regression() -> None:
+    """First-order optimality: the gradient of (1/n) Σ CE + ‖W‖²/(2Cn) vanishes at the fitted head."""
+    from metactl.algorithms.probe import fit_logistic
+
+    g = torch.Generator().manual_seed(1)
+    feats, y = torch.randn(15, 4, generator=g, dtype=torch.float64), torch.arange(3).repeat(5)
+    w, b = fit_logistic(feats, y, 3, c=0.5, max_iter=200)
+    w, b = w.requires_grad_(True), b.requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(feats @ w.T + b, y) + w.pow(2).sum() / (2 * 0.5 * 15)
+    gw, gb = torch.autograd.grad(loss, [w, b])
+    assert float(gw.abs().max()) < 1e-6 and float(gb.abs().max()) < 1e-6
+    assert float(w.norm()) > 0.1  # not the zero start

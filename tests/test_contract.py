@@ -199,6 +199,7 @@ class Complete:
     name: ClassVar[str] = "complete-by-hand"
     description: ClassVar[str] = "MAML with every hook written by hand"
     Config: ClassVar[type] = MAMLConfig
+    meta_learns: ClassVar[bool] = True
     task_parallel: ClassVar[bool] = True
     skip: ClassVar[tuple[str, ...]] = ()
 

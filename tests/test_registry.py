@@ -16,7 +16,7 @@ from metactl.errors import MetactlError
 from metactl.registry import ENV, available_names, list_algorithms, load_algorithm
 from metactl.testing import check_algorithm, register_plugin
 
-BUILTINS = {"anil", "fomaml", "imaml", "maml", "metasgd", "pretrain", "reptile"}
+BUILTINS = {"anil", "centroid", "fomaml", "imaml", "maml", "metasgd", "pretrain", "probe", "reptile"}
 
 PLUGINS = '''"""Plugins for tests/test_registry.py."""
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ class NoAdapt:
     """A plugin that forgot adapt() and its description."""
 
     name: ClassVar[str] = "no-adapt"
+    meta_learns: ClassVar[bool] = True
     task_parallel: ClassVar[bool] = False
 
     @dataclass
