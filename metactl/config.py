@@ -15,6 +15,9 @@ from typing import Any
 
 from metactl.errors import MetactlError
 
+# --protocol: Omniglot's splits (omniglot:DIR), then the intents protocols (intents:DIR, see metactl.data.text)
+PROTOCOLS = ("lake", "vinyals", "domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -22,7 +25,7 @@ class TrainConfig:
 
     algo: str = "maml"  # algorithm name in the metactl.algorithms entry-point group
     data: str = "glyphs"  # glyphs | sinusoid | folder | .zip | omniglot:DIR
-    protocol: str = "lake"  # omniglot:DIR split: lake (background -> evaluation) | vinyals (1200 -> 423 characters)
+    protocol: str = "lake"  # omniglot:DIR: lake | vinyals; intents:DIR: domains | unseen-clinc150 | unseen-banking77 | unseen-hwu64
     ways: int = 5  # N classes per episode (ignored for sinusoid)
     shots: int = 1  # K support examples per class (sinusoid: K points)
     query_shots: int = 15  # queries per class (sinusoid: query points)
@@ -49,6 +52,11 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
     checkpoint_inner: bool = False  # recompute each inner step's activations in the backward pass (memory flat in inner steps)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
+    backbone: str | None = None  # pretrained body: a Hugging Face folder (tokenizer.json, model.safetensors) or a metactl run dir
+    adapt: str = "all"  # what the inner loop adapts: head | lora | all
+    lora_rank: int = 8  # rank of the LoRA adapters (--adapt lora)
+    train_body: bool = False  # the outer loop also updates the pretrained body
+    max_length: int = 64  # text: truncate at this many tokens (recorded in the preprocessing)
 
     def __post_init__(self) -> None:
         problems = validate(dataclasses.asdict(self))
@@ -97,8 +105,16 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append("algo-options must be a table")
     if cfg.precision not in ("fp32", "bf16"):
         p.append(f"precision must be 'fp32' or 'bf16' (got {cfg.precision!r})")
-    if cfg.protocol not in ("lake", "vinyals"):
-        p.append(f"protocol must be 'lake' or 'vinyals' (got {cfg.protocol!r})")
+    if cfg.protocol not in PROTOCOLS:
+        p.append(f"protocol must be one of {', '.join(PROTOCOLS)} (got {cfg.protocol!r})")
+    if cfg.adapt not in ("head", "lora", "all"):
+        p.append(f"adapt must be 'head', 'lora' or 'all' (got {cfg.adapt!r})")
+    if cfg.lora_rank < 1:
+        p.append(f"lora-rank must be >= 1 (got {cfg.lora_rank})")
+    if cfg.max_length < 2:
+        p.append(f"max-length must be >= 2 tokens (got {cfg.max_length})")
+    if cfg.backbone is not None and not str(cfg.backbone).strip():
+        p.append("backbone must be a folder path")
     if cfg.data == "sinusoid" and cfg.rotations:
         p.append("rotations apply to image data, not to sinusoid")
     return p
@@ -114,6 +130,8 @@ def _expected_type(name: str) -> tuple[type, ...]:
         return (int, float)
     if name == "threads":
         return (int,)
+    if name == "backbone":
+        return (str,)
     if name == "algo_options":
         return (dict,)
     if isinstance(default, bool):
