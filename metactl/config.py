@@ -15,6 +15,9 @@ from typing import Any
 
 from metactl.errors import MetactlError
 
+# --protocol: Omniglot's splits (omniglot:DIR), then the intents protocols (intents:DIR, see metactl.data.text)
+PROTOCOLS = ("lake", "vinyals", "domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -22,7 +25,7 @@ class TrainConfig:
 
     algo: str = "maml"  # algorithm name in the metactl.algorithms entry-point group
     data: str = "glyphs"  # glyphs | sinusoid | folder | .zip | omniglot:DIR
-    protocol: str = "lake"  # omniglot:DIR split: lake (background -> evaluation) | vinyals (1200 -> 423 characters)
+    protocol: str = "lake"  # omniglot:DIR: lake | vinyals; intents:DIR: domains | unseen-clinc150 | unseen-banking77 | unseen-hwu64
     ways: int = 5  # N classes per episode (ignored for sinusoid)
     shots: int = 1  # K support examples per class (sinusoid: K points)
     query_shots: int = 15  # queries per class (sinusoid: query points)
@@ -109,9 +112,11 @@ def validate(values: dict[str, Any]) -> list[str]:
     if cfg.lora_rank < 1:
         p.append(f"lora-rank must be >= 1 (got {cfg.lora_rank})")
     if cfg.max_length < 2:
-        p.append(f"max-length must be >= 2 (got {cfg.max_length})")
+        p.append(f"max-length must be >= 2 tokens (got {cfg.max_length})")
     if cfg.adapt != "all" and not cfg.backbone:
         p.append(f"adapt {cfg.adapt!r} needs a pretrained body (--backbone)")
+    if cfg.backbone is not None and not str(cfg.backbone).strip():
+        p.append("backbone must be a folder path")
     if cfg.data == "sinusoid" and cfg.rotations:
         p.append("rotations apply to image data, not to sinusoid")
     return p

@@ -3,7 +3,7 @@
 
 ``KIND:ARG`` goes to the source named ``KIND`` (``omniglot:DIR``, ``oneshot:PATH``, a third
 party's ``mykind:...``); a bare registered name to that source (``glyphs``, ``sinusoid``); anything
-else is a path, read by the ``folder`` source.
+else is a path, read by the ``folder`` source (a ``.csv``, ``.tsv`` or ``.jsonl`` file: by the ``text`` source).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from metactl.data.sources import RotatedPool, TaskData, TaskSource
 from metactl.errors import MetactlError
 
 GROUP = "metactl.data"
+TEXT_FILES = (".csv", ".tsv", ".jsonl")  # a bare path ending so is labeled text (the ``text`` source)
 
 
 @functools.cache
@@ -39,6 +40,10 @@ def source(name: str) -> TaskSource:
         raise MetactlError(f"Unknown data source {name!r}.", f"Installed sources: {', '.join(sorted(eps)) or '(none)'}.")
     try:
         return eps[name].load()()
+    except ModuleNotFoundError as exc:  # the text sources need the optional [text] extra
+        raise MetactlError(
+            f"Data source {name!r} needs the {exc.name} package, which is not installed.", "Install the text extra: pip install 'metactl[text]'."
+        ) from None
     except Exception as exc:  # a broken plugin must not crash with a traceback
         raise MetactlError(
             f"Data source {name!r} ({eps[name].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin."
@@ -55,6 +60,8 @@ def resolve(spec: str) -> tuple[TaskSource, str | None]:
         src = source(spec)
         if not src.takes_argument:
             return src, None
+    if spec.lower().endswith(TEXT_FILES) and "text" in names:
+        return source("text"), spec
     return source("folder"), spec
 
 

@@ -48,9 +48,16 @@ def episode_rng(seed: int, step: int, stream: int) -> np.random.Generator:
 
 
 def _concatenate(xs: list[Any]) -> Any:
+    """Tasks stacked on axis 0; a dict's arrays of different last lengths (token ids padded per task)
+    are first padded with 0 to the longest."""
     if isinstance(xs[0], dict):
-        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+        return {k: _pad_cat([x[k] for x in xs]) for k in xs[0]}
     return np.concatenate(xs)
+
+
+def _pad_cat(arrays: list[np.ndarray]) -> np.ndarray:
+    width = max(a.shape[-1] for a in arrays)
+    return np.concatenate([np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]) for a in arrays])
 
 
 def training_tasks(sampler: Sampler, seed: int, step: int, indices: range, stream: int = 0) -> EpisodeBatch:

@@ -1,0 +1,712 @@
+"""Text task sources: the intent benchmarks (``intents:DIR``) and a user's labeled texts (``text:PATH``).
+
+Both tokenize with the backbone's ``tokenizer.json`` (``--backbone DIR``), once per text at ``open()``,
+truncated at ``--max-length`` tokens (recorded in the preprocessing and the data spec). Episodes hold
+``{"input_ids", "attention_mask"}`` int64 arrays ``(B, M, L)`` padded with 0 to the longest text of the
+batch (never to a fixed length); after :meth:`TextEpisodes.precompute` they hold ``{"features": (B, M, D)}``.
+
+``intents:DIR``: ``DIR`` is the intents root (``clinc150/``, ``banking77/``, ``hwu64/`` beside each other)
+or one dataset's folder. Only in-scope intents are used (CLINC150's ``oos`` is excluded). Protocols
+(``--protocol``):
+
+``domains`` (CLINC150 by domain; the default for the root and for ``clinc150/``). A fixed assignment of
+CLINC150's 10 domains (``domains.json``, 15 intents each). The issue's "meta-train on 8, validate on 1,
+test on 2" adds up to 11 domains; here the 8 non-test domains are 7 for meta-training and 1 for validation:
+
+- meta-train (7 domains, 105 intents): banking, credit_cards, kitchen_and_dining, home, auto_and_commute,
+  small_talk, meta; texts of the ``train`` split (100 per intent);
+- validation (1 domain, 15 intents): work; texts of the ``train`` split (100 per intent: never
+  meta-trained on, and 100 texts leave room for any shots + queries);
+- test (2 domains, 30 intents; ``metactl evaluate``): travel, utility; texts of the ``test`` split (30 per
+  intent). The ``val`` split of CLINC150 is not used.
+
+``unseen-clinc150`` | ``unseen-banking77`` | ``unseen-hwu64`` (cross-dataset; needs the root): meta-train on
+the ``train`` splits of the other two datasets, less ``--val-classes`` (default 10 %) of their intents,
+drawn with ``--seed``, which validate (their ``train``-split texts); test = every intent of the unseen
+dataset, texts of its ``test`` split. HWU64's test split has 3 to 19 texts per intent: shots + queries
+above 3 leave ``iot_hue_lighton`` out, and 20 (5 shots + 15 queries) leave no intent, so evaluate it with
+fewer queries. Intent names are ``dataset/intent`` (CLINC150 and BANKING77 both have an ``exchange_rate``).
+``--protocol lake`` (the config's default, an Omniglot split) counts as no protocol given; ``vinyals`` is
+an error.
+
+One dataset's folder without a protocol (``intents:DIR/banking77``, ``intents:DIR/hwu64``): its intents
+split by ``--val-classes`` like an image folder, ``train``-split texts; ``metactl evaluate`` on that run
+uses the validation intents' ``test``-split texts. ``metactl evaluate --data intents:DIR`` with no
+protocol takes every intent of ``DIR`` from the ``test`` splits.
+
+``text:PATH`` (or a bare ``PATH`` ending in ``.csv``, ``.tsv`` or ``.jsonl``): a CSV/TSV with ``text`` and
+``label`` columns, JSON lines with ``text`` and ``label`` keys, or a folder of ``<label>/*.txt`` (one text
+per file) or ``<label>.txt`` (one text per non-empty line). Labels split into train/validation by
+``--val-classes`` (seeded), as for image folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from metactl.data.episodes import EpisodeBatch, split_classes
+from metactl.data.sources import TaskData
+from metactl.errors import MetactlError
+
+Progress = Callable[[int, int], None]
+Texts = dict[str, list[str]]  # label -> its texts, in reading order
+Arrays = dict[str, np.ndarray]
+
+DATASETS = ("clinc150", "banking77", "hwu64")
+INTENT_PROTOCOLS = ("domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64")
+TRAIN_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute", "small_talk", "meta")
+VAL_DOMAINS = ("work",)
+TEST_DOMAINS = ("travel", "utility")
+
+FORMATS_HINT = "Pass a .csv, .tsv or .jsonl with text and label, or a folder of <label>/*.txt or <label>.txt (UTF-8)."
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM is dropped); anything else is one error naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MetactlError(f"{path}: line {line} is not UTF-8.", "Save the file as UTF-8.") from None
+
+
+def _add(texts: Texts, label: Any, text: Any, where: str) -> None:
+    label, text = str(label).strip(), str(text).strip()
+    if not label:
+        raise MetactlError(f"{where}: empty label.", "Give every text a label.")
+    if text:
+        texts.setdefault(label, []).append(text)
+
+
+def _read_csv(path: Path, label_column: str = "label", delimiter: str = ",") -> Texts:
+    """Rows of a CSV/TSV with a header naming ``text`` and ``label_column`` (a real CSV parser: quoted
+    fields may hold newlines and delimiters)."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    texts: Texts = {}
+    try:
+        fields = reader.fieldnames or []
+        if "text" not in fields or label_column not in fields:
+            found = ", ".join(repr(f) for f in fields) or "none"
+            raise MetactlError(
+                f"{path}: no 'text' and '{label_column}' columns (found {found}).", f"The first line must name the columns, e.g. text{delimiter}{label_column}."
+            )
+        for row in reader:
+            if row.get("text") is None or row.get(label_column) is None:
+                raise MetactlError(f"{path}: line {reader.line_num} has fewer fields than the header.", "Quote fields that hold the delimiter.")
+            _add(texts, row[label_column], row["text"], f"{path}: line {reader.line_num}")
+    except csv.Error as exc:
+        line = reader.reader.line_num  # DictReader's own line_num lags on an error
+        raise MetactlError(f"{path}: line {line}: {exc}.", "Fix the CSV quoting (or split the over-long field).") from None
+    return texts
+
+
+def _read_jsonl(path: Path) -> Texts:
+    texts: Texts = {}
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MetactlError(f"{path}: line {n} is not JSON ({exc.msg}).", "Write one JSON object per line.") from None
+        if not isinstance(row, dict) or "text" not in row or "label" not in row:
+            raise MetactlError(f"{path}: line {n} has no 'text' and 'label' keys.", 'Write lines like {"text": "...", "label": "..."}.')
+        _add(texts, row["label"], row["text"], f"{path}: line {n}")
+    return texts
+
+
+def _read_text_folder(path: Path) -> Texts:
+    """``<label>/*.txt`` (one text per file) and ``<label>.txt`` (one text per non-empty line)."""
+    texts: Texts = {}
+    for entry in sorted(path.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            for f in sorted(entry.rglob("*.txt")):
+                _add(texts, entry.name, _read_text(f), str(f))
+        elif entry.suffix.lower() == ".txt":
+            for n, line in enumerate(_read_text(entry).splitlines(), start=1):
+                if line.strip():
+                    _add(texts, entry.stem, line, f"{entry}: line {n}")
+    return texts
+
+
+def read_labeled_texts(path: Path, spec: str) -> Texts:
+    """A user's labeled texts: ``.csv``/``.tsv`` (``text``, ``label`` columns), ``.jsonl`` or a folder."""
+    if not path.exists():
+        raise MetactlError(f"--data {spec}: no such file or folder.", FORMATS_HINT)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        texts = _read_text_folder(path)
+    elif suffix in (".csv", ".tsv"):
+        texts = _read_csv(path, "label", "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".jsonl":
+        texts = _read_jsonl(path)
+    else:
+        raise MetactlError(f"--data {spec}: not a .csv, .tsv or .jsonl file.", FORMATS_HINT)
+    if not texts:
+        raise MetactlError(f"--data {spec}: no labeled texts found.", "Text files are UTF-8: <label>/*.txt, <label>.txt (one text a line), or text,label rows.")
+    return {k: texts[k] for k in sorted(texts)}
+
+
+# --- the intent benchmarks ----------------------------------------------------------------------
+
+
+def _dataset_kind(folder: Path) -> str | None:
+    if (folder / "data_full.json").is_file() and (folder / "domains.json").is_file():
+        return "clinc150"
+    if (folder / "train.csv").is_file() and (folder / "test.csv").is_file():
+        return "banking77"
+    if (folder / "split" / "train" / "seq.in").is_file():
+        return "hwu64"
+    return None
+
+
+def find_datasets(root: Path, spec: str) -> dict[str, Path]:
+    """The benchmark folders under ``root`` (the intents root), or ``root`` itself (one dataset's folder)."""
+    if not root.is_dir():
+        raise MetactlError(f"--data {spec}: no such folder.", "Point at the intents root (clinc150/, banking77/, hwu64/) or one of those folders.")
+    kind = _dataset_kind(root)
+    if kind is not None:
+        return {kind: root}
+    found = {name: root / name for name in DATASETS if (root / name).is_dir() and _dataset_kind(root / name) == name}
+    if not found:
+        raise MetactlError(
+            f"--data {spec}: no CLINC150 (data_full.json, domains.json), BANKING77 (train.csv, test.csv) or HWU64 (split/train/seq.in) files found.",
+            "Point at the intents root (clinc150/, banking77/, hwu64/) or one of those folders.",
+        )
+    return found
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise MetactlError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}).", "Restore the file from the dataset's source.") from None
+
+
+def load_clinc150(folder: Path) -> dict[str, Texts]:
+    """CLINC150 "Full": ``train``/``val``/``test`` -> intent -> texts, in-scope only (``oos`` excluded)."""
+    data = _json(folder / "data_full.json")
+    out: dict[str, Texts] = {}
+    for split in ("train", "val", "test"):
+        texts: Texts = {}
+        for n, pair in enumerate(data.get(split, [])):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise MetactlError(f"{folder / 'data_full.json'}: {split}[{n}] is not a [text, intent] pair.", "Restore the file from the dataset's source.")
+            if pair[1] != "oos":
+                _add(texts, pair[1], pair[0], f"{folder / 'data_full.json'}: {split}[{n}]")
+        out[split] = texts
+    return out
+
+
+def clinc150_domains(folder: Path) -> dict[str, list[str]]:
+    """CLINC150's ``domains.json``: domain -> its 15 intents."""
+    domains = _json(folder / "domains.json")
+    missing = [d for d in (*TRAIN_DOMAINS, *VAL_DOMAINS, *TEST_DOMAINS) if d not in domains]
+    if missing:
+        raise MetactlError(f"{folder / 'domains.json'}: no domain {', '.join(missing)}.", "Restore the file from the dataset's source.")
+    return {str(k): [str(i) for i in v] for k, v in domains.items()}
+
+
+def load_banking77(folder: Path) -> dict[str, Texts]:
+    """BANKING77: ``train``/``test`` -> intent -> texts (``text``, ``category`` columns; texts stripped)."""
+    return {split: _read_csv(folder / f"{split}.csv", "category") for split in ("train", "test")}
+
+
+def load_hwu64(folder: Path) -> dict[str, Texts]:
+    """HWU64 (DialoGLUE split): ``train``/``val``/``test`` (the ``valid`` folder) -> intent -> texts."""
+    out: dict[str, Texts] = {}
+    for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+        seq, lab = folder / "split" / name / "seq.in", folder / "split" / name / "label"
+        if not seq.is_file():
+            continue
+        lines, labels = _read_text(seq).splitlines(), _read_text(lab).splitlines()
+        if len(lines) != len(labels):
+            raise MetactlError(f"{seq}: {len(lines)} lines but {lab} has {len(labels)}.", "Restore the files from the dataset's source.")
+        texts: Texts = {}
+        for n, (text, label) in enumerate(zip(lines, labels, strict=True), start=1):
+            _add(texts, label, text, f"{lab}: line {n}")
+        out[split] = texts
+    return out
+
+
+LOADERS: dict[str, Callable[[Path], dict[str, Texts]]] = {"clinc150": load_clinc150, "banking77": load_banking77, "hwu64": load_hwu64}
+
+
+def intents_protocol(protocol: str | None, found: dict[str, Path], spec: str) -> str | None:
+    """The intents protocol to use: ``protocol`` if it is one, the default for ``found`` otherwise
+    (``lake``, the config's default, counts as not given). None: intents split by --val-classes."""
+    hint = "Use --protocol domains (CLINC150) or unseen-clinc150 | unseen-banking77 | unseen-hwu64 (with the intents root)."
+    if protocol in (None, "lake"):
+        return "domains" if "clinc150" in found else None
+    if protocol not in INTENT_PROTOCOLS:
+        raise MetactlError(f"--protocol {protocol} is not a protocol of --data {spec}.", hint)
+    if protocol == "domains" and "clinc150" not in found:
+        raise MetactlError(f"--protocol domains splits CLINC150 by domain; --data {spec} has no CLINC150.", "Point at the intents root or clinc150/.")
+    if protocol.startswith("unseen-") and set(found) != set(DATASETS):
+        raise MetactlError(
+            f"--protocol {protocol} needs all three datasets; --data {spec} has {', '.join(sorted(found))}.",
+            "Point at the intents root holding clinc150/, banking77/ and hwu64/.",
+        )
+    return protocol
+
+
+def _named(loaded: dict[str, dict[str, Texts]], split: str, prefix: bool) -> Texts:
+    """Intents of ``split`` of the ``loaded`` datasets, named ``dataset/intent`` with ``prefix``."""
+    return {(f"{d}/{i}" if prefix else i): t for d in sorted(loaded) for i, t in loaded[d][split].items()}
+
+
+def _load(found: dict[str, Path], names: Iterable[str]) -> dict[str, dict[str, Texts]]:
+    return {name: LOADERS[name](found[name]) for name in names}
+
+
+def protocol_texts(found: dict[str, Path], protocol: str | None, val_fraction: float = 0.1, seed: int = 0, ways: int = 2) -> dict[str, Texts]:
+    """``train``/``val``/``test`` -> intent -> texts for ``protocol`` (see the module docstring).
+    ``val_fraction``, ``seed`` and ``ways`` choose the validation intents where the protocol draws them."""
+    if protocol == "domains":
+        clinc, domains = load_clinc150(found["clinc150"]), clinc150_domains(found["clinc150"])
+
+        def part(names: tuple[str, ...], split: str) -> Texts:
+            return {i: clinc[split][i] for d in names for i in domains[d]}
+
+        return {"train": part(TRAIN_DOMAINS, "train"), "val": part(VAL_DOMAINS, "train"), "test": part(TEST_DOMAINS, "test")}
+    if protocol is not None:
+        unseen = protocol.removeprefix("unseen-")
+        pooled = _named(_load(found, [d for d in DATASETS if d != unseen]), "train", True)
+        test = _named(_load(found, [unseen]), "test", True)
+    else:
+        loaded = _load(found, found)
+        pooled, test = _named(loaded, "train", len(found) > 1), _named(loaded, "test", len(found) > 1)
+    names = sorted(pooled)
+    train_ids, val_ids = split_classes(len(names), val_fraction, seed, ways)
+    return {"train": {names[i]: pooled[names[i]] for i in train_ids}, "val": {names[i]: pooled[names[i]] for i in val_ids}, "test": test}
+
+
+def evaluation_texts(found: dict[str, Path], protocol: str | None) -> Texts:
+    """The texts ``metactl evaluate`` samples: the protocol's test intents (``test`` split); without a
+    protocol every intent of ``found``, from the ``test`` splits."""
+    if protocol == "domains":
+        return protocol_texts(found, protocol)["test"]
+    if protocol is not None:
+        return _named(_load(found, [protocol.removeprefix("unseen-")]), "test", True)
+    return _named(_load(found, found), "test", len(found) > 1)
+
+
+# --- backbone and tokenizer ---------------------------------------------------------------------
+
+
+def _backbone_dir(backbone: str | None, spec: str) -> Path:
+    if backbone is None:
+        raise MetactlError(
+            f"--data {spec} needs --backbone DIR (the pretrained encoder whose tokenizer reads the texts).",
+            "Pass a Hugging Face folder with tokenizer.json, e.g. --backbone ../shared/models/all-MiniLM-L6-v2.",
+        )
+    path = Path(backbone).expanduser()
+    if not path.is_dir():
+        raise MetactlError(f"--backbone {backbone}: no such folder.", "Pass a local Hugging Face folder (config.json, model.safetensors, tokenizer.json).")
+    return path.resolve()
+
+
+def _run_model(folder: Path) -> dict[str, Any]:
+    """The model spec of a metactl run dir used as a backbone ({} for a Hugging Face folder)."""
+    meta = folder / "metactl.json"
+    if not meta.is_file():
+        return {}
+    model = _json(meta).get("model", {})
+    return model if isinstance(model, dict) else {}
+
+
+def tokenizer_file(backbone: str | None, spec: str) -> Path:
+    """``tokenizer.json`` of ``--backbone DIR`` (a metactl run dir: that of the backbone it records)."""
+    folder = _backbone_dir(backbone, spec)
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    recorded = _run_model(folder).get("backbone")
+    if recorded and (Path(recorded) / "tokenizer.json").is_file():
+        return Path(recorded).resolve() / "tokenizer.json"
+    raise MetactlError(
+        f"--backbone {backbone}: no tokenizer.json in that folder.",
+        "Use a Hugging Face folder with a fast tokenizer (tokenizer.json); metactl does not build one from vocab.txt.",
+    )
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """``tokenizer.json`` without its fixed padding, truncating at ``max_length`` tokens."""
+    if not path.is_file():
+        raise MetactlError(f"Tokenizer {path} not found.", "The run records its backbone's tokenizer.json by path: restore that folder.")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises plain Exceptions
+        raise MetactlError(f"{path}: not a tokenizers file ({exc}).", "Use the tokenizer.json of a Hugging Face fast tokenizer.") from None
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def pad(rows: list[np.ndarray]) -> Arrays:
+    """Token id rows -> ``input_ids``/``attention_mask`` int64 (n, L), padded with 0 to the longest row."""
+    width = max((len(r) for r in rows), default=0)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int]:
+    """Token id rows (at most ``max_length`` each) and how many texts were truncated."""
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    enc = tokenizer.encode_batch(texts)
+    return [np.asarray(e.ids, dtype=np.int64) for e in enc], sum(1 for e in enc if e.overflowing)
+
+
+def tokenize(tokenizer: Tokenizer, texts: Iterable[str], max_length: int) -> Arrays:
+    """``texts`` -> ``{"input_ids", "attention_mask"}`` int64 (n, L): truncated at ``max_length`` tokens,
+    padded with 0 to the longest text of this batch."""
+    return pad(_encode(tokenizer, list(texts), max_length)[0])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def backbone_weights(folder: Path) -> Path:
+    """The weights file a backbone folder is identified by (``model.safetensors``; a run: ``theta.safetensors``)."""
+    for name in ("model.safetensors", "theta.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    raise MetactlError(f"--backbone {folder}: no model.safetensors in that folder.", "Use a Hugging Face folder saved with safetensors weights (never pickle).")
+
+
+def backbone_pooling(folder: Path) -> dict[str, Any]:
+    """How a sentence-transformers folder pools token states: ``{"pooling": "mean"|"cls"|"max", "normalize": bool}``
+    from ``modules.json`` and the pooling module's ``config.json`` (``1_Pooling/`` by default). A plain
+    Hugging Face folder: mean pooling, no normalization. A metactl run: what its model spec records."""
+    model = _run_model(folder)
+    if "pooling" in model:
+        return {"pooling": model["pooling"], "normalize": bool(model.get("normalize", False))}
+    pooling_dir, normalize = folder / "1_Pooling", False
+    if (folder / "modules.json").is_file():
+        modules = _json(folder / "modules.json")
+        for m in modules if isinstance(modules, list) else []:
+            kind = str(m.get("type", ""))
+            if kind.endswith(".Pooling"):
+                pooling_dir = folder / str(m.get("path", "1_Pooling"))
+            elif kind.endswith(".Normalize"):
+                normalize = True
+    config = pooling_dir / "config.json"
+    if not config.is_file():
+        return {"pooling": "mean", "normalize": normalize}
+    cfg = _json(config)
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        on = [k.removeprefix("pooling_mode_") for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
+        mode = on[0] if len(on) == 1 else ("mean_tokens" if not on else "+".join(on))
+    mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(str(mode), str(mode))
+    if mode not in ("mean", "cls", "max"):
+        raise MetactlError(f"{config}: pooling {mode!r} is not supported.", "metactl pools by mean, cls or max.")
+    return {"pooling": mode, "normalize": normalize}
+
+
+def text_preprocessing(tokenizer: Path, max_length: int) -> dict[str, Any]:
+    """The preprocessing a text run records (read by adapt, export and predict)."""
+    return {"kind": "text", "tokenizer": str(tokenizer), "max_length": max_length}
+
+
+def text_model_spec(cfg: Any) -> dict[str, Any]:
+    """The ``text-classifier`` spec for ``cfg`` (a TrainConfig with ``backbone`` set)."""
+    folder = _backbone_dir(cfg.backbone, cfg.data)
+    return {
+        "kind": "text-classifier",
+        "backbone": str(folder),
+        "backbone_sha256": _sha256(backbone_weights(folder)),
+        "num_classes": cfg.ways,
+        "adapt": cfg.adapt,
+        "lora_rank": cfg.lora_rank,
+        "train_body": cfg.train_body,
+        **backbone_pooling(folder),
+        "max_length": cfg.max_length,
+    }
+
+
+# --- pools and episodes -------------------------------------------------------------------------
+
+
+class TextPool:
+    """Labeled texts, tokenized once: per class a list of token id rows (and, after :meth:`precompute`,
+    a float32 feature row per text, which :meth:`take` then gives instead of the tokens)."""
+
+    def __init__(self, labels: list[str], rows: list[list[np.ndarray]], truncated: int = 0) -> None:
+        self.labels, self.rows, self.truncated = labels, rows, truncated
+        self.features: list[np.ndarray] | None = None
+
+    @classmethod
+    def from_texts(cls, texts: Texts, tokenizer: Tokenizer, max_length: int) -> TextPool:
+        labels = list(texts)
+        flat = [t for label in labels for t in texts[label]]
+        encoded, truncated = _encode(tokenizer, flat, max_length)
+        rows, start = [], 0
+        for label in labels:
+            rows.append(encoded[start : start + len(texts[label])])
+            start += len(texts[label])
+        return cls(labels, rows, truncated)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def count(self, c: int) -> int:
+        return len(self.rows[c])
+
+    def names(self) -> list[str]:
+        return list(self.labels)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    def take(self, picks: list[tuple[int, np.ndarray]]) -> Arrays:
+        """The examples ``(class, indices)`` in order: features (n, D), or tokens padded to their longest."""
+        if self.features is not None:
+            feats = self.features
+            return {"features": np.concatenate([feats[c][idx] for c, idx in picks])}
+        return pad([self.rows[c][int(i)] for c, idx in picks for i in idx])
+
+    def get(self, c: int) -> Arrays:
+        return self.take([(c, np.arange(self.count(c)))])
+
+    def subset(self, ids: list[int]) -> TextPool:
+        pool = TextPool([self.labels[i] for i in ids], [self.rows[i] for i in ids])
+        if self.features is not None:
+            pool.features = [self.features[i] for i in ids]
+        return pool
+
+    def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
+        """Replace every text by ``fn`` of its tokens (a float32 row), computed once, ``batch_size``
+        texts at a time, in order of length (little padding). ``fn`` maps ``{"input_ids",
+        "attention_mask"}`` (n, L) to an (n, D) array."""
+        order = sorted(((c, i) for c in range(self.num_classes) for i in range(self.count(c))), key=lambda ci: len(self.rows[ci[0]][ci[1]]))
+        feats: list[np.ndarray | None] = [None] * self.num_classes
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out = np.asarray(fn(pad([self.rows[c][i] for c, i in chunk])), dtype=np.float32)
+            if out.ndim != 2 or out.shape[0] != len(chunk):
+                raise ValueError(f"precompute: fn gave shape {out.shape} for {len(chunk)} texts; expected ({len(chunk)}, D)")
+            for (c, i), row in zip(chunk, out, strict=True):
+                if feats[c] is None:
+                    feats[c] = np.empty((self.count(c), out.shape[1]), dtype=np.float32)
+                feats[c][i] = row  # type: ignore[index]
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order))
+        self.features = [f if f is not None else np.empty((0, 0), dtype=np.float32) for f in feats]
+
+
+class TextEpisodes:
+    """N-way K-shot episodes of texts, sampled exactly as :class:`ClassificationEpisodes` samples
+    images (same random draws: classes, then K + Q texts per class; class-major; labels 0..N-1).
+    x is ``{"input_ids", "attention_mask"}`` (B, M, L), padded per batch (support and query each to
+    their longest), or ``{"features": (B, M, D)}`` after :meth:`precompute`."""
+
+    def __init__(self, pool: TextPool, ways: int, shots: int, queries: int, what: str = "training") -> None:
+        need = shots + queries
+        self.eligible = np.array([c for c in range(pool.num_classes) if pool.count(c) >= need], dtype=np.int64)
+        if len(self.eligible) < ways:
+            raise MetactlError(
+                f"The {what} data has {len(self.eligible)} classes with at least {need} texts "
+                f"(shots {shots} + query-shots {queries}); a {ways}-way episode needs {ways}.",
+                "Lower --ways, --shots or --query-shots, or use more data.",
+            )
+        self.pool, self.ways, self.shots, self.queries, self.what = pool, ways, shots, queries, what
+
+    def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
+        """From now on episodes hold ``{"features": fn(tokens)}``, computed once per text."""
+        self.pool.precompute(fn, batch_size, progress)
+
+    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
+        n, k, q = self.ways, self.shots, self.queries
+        classes = np.stack([rng.choice(self.eligible, size=n, replace=False) for _ in range(tasks)])
+        support: list[tuple[int, np.ndarray]] = []
+        query: list[tuple[int, np.ndarray]] = []
+        for b in range(tasks):
+            for c in classes[b]:
+                pick = rng.choice(self.pool.count(int(c)), size=k + q, replace=False)
+                support.append((int(c), pick[:k]))
+                query.append((int(c), pick[k:]))
+
+        def shaped(a: Arrays, m: int) -> Arrays:
+            return {key: v.reshape(tasks, m, *v.shape[1:]) for key, v in a.items()}
+
+        sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
+        qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
+        return EpisodeBatch(shaped(self.pool.take(support), n * k), sy, shaped(self.pool.take(query), n * q), qy, classes)
+
+
+# --- the sources --------------------------------------------------------------------------------
+
+
+def _text_run(meta: dict[str, Any], spec: str) -> dict[str, Any]:
+    prep = meta.get("preprocessing") or {}
+    if prep.get("kind") != "text":
+        raise MetactlError(f"--data {spec}: this run was not trained on text.", "Evaluate it on the kind of data it was trained on.")
+    return prep
+
+
+def _same_path(path: Path, recorded: dict[str, Any], kind: str) -> bool:
+    return recorded.get("kind") == kind and str(path.expanduser().resolve()) == recorded.get("path")
+
+
+def _counts(parts: dict[str, Texts]) -> tuple[dict[str, int], dict[str, int]]:
+    return {k: len(v) for k, v in parts.items()}, {k: sum(len(t) for t in v.values()) for k, v in parts.items()}
+
+
+class Intents:
+    """``intents:DIR``: CLINC150, BANKING77 and HWU64 by ``--protocol`` (see :mod:`metactl.data.text`)."""
+
+    name: ClassVar[str] = "intents"
+    takes_argument: ClassVar[bool] = True
+
+    def open(self, cfg: Any, arg: str | None, progress: Progress | None) -> TaskData:
+        spec = f"intents:{arg}"
+        tok_file = tokenizer_file(cfg.backbone, spec)
+        root = Path(str(arg)).expanduser()
+        found = find_datasets(root, spec)
+        protocol = intents_protocol(cfg.protocol, found, spec)
+        parts = protocol_texts(found, protocol, cfg.val_classes, cfg.seed, cfg.ways)
+        tok = load_tokenizer(tok_file, cfg.max_length)
+        train, val = (TextPool.from_texts(parts[p], tok, cfg.max_length) for p in ("train", "val"))
+        intents, texts = _counts(parts)
+        test = list(TEST_DOMAINS) if protocol == "domains" else (f"all {protocol.removeprefix('unseen-')} intents" if protocol else "the validation intents")
+        return TaskData(
+            kind="classification",
+            spec={
+                "kind": "intents",
+                "path": str(root.resolve()),
+                "protocol": protocol,
+                "datasets": ["clinc150"] if protocol == "domains" else sorted(found),
+                "intents": intents,
+                "texts": texts,
+                "max_length": cfg.max_length,
+                "truncated": {"train": train.truncated, "val": val.truncated},
+            },
+            train=TextEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
+            val=TextEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            model_spec=text_model_spec(cfg),
+            preprocessing=text_preprocessing(tok_file, cfg.max_length),
+            split={
+                "protocol": protocol,
+                "train": list(TRAIN_DOMAINS) if protocol == "domains" else f"{len(parts['train'])} intents",
+                "val": list(parts["val"]),
+                "test": test,
+            },
+        )
+
+    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> TextEpisodes:
+        """The protocol's test intents (``protocol``, else the run's own when ``arg`` is its data);
+        no protocol: every intent of ``arg`` (the run's own data: its validation intents), ``test`` splits."""
+        spec = f"intents:{arg}"
+        prep = _text_run(meta, spec)
+        root = Path(str(arg)).expanduser()
+        found = find_datasets(root, spec)
+        recorded = meta.get("data", {})
+        same = _same_path(root, recorded, "intents")
+        if protocol is None and same:
+            proto = recorded.get("protocol")
+        else:
+            proto = intents_protocol(protocol, found, spec) if protocol is not None else None
+        test = evaluation_texts(found, proto)
+        if proto is None and same and "val" in meta.get("split", {}):
+            keep = set(meta["split"]["val"])
+            test = {k: v for k, v in test.items() if k in keep}
+        pool = TextPool.from_texts(test, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        return TextEpisodes(pool, ways, shots, queries, f"{proto or 'intents'} test")
+
+
+class LabeledText:
+    """``text:PATH`` (and a bare ``.csv``/``.tsv``/``.jsonl`` path): a user's labeled texts."""
+
+    name: ClassVar[str] = "text"
+    takes_argument: ClassVar[bool] = True
+
+    def open(self, cfg: Any, arg: str | None, progress: Progress | None) -> TaskData:
+        spec = f"text:{arg}"
+        tok_file = tokenizer_file(cfg.backbone, spec)
+        path = Path(str(arg)).expanduser()
+        texts = read_labeled_texts(path, spec)
+        labels = list(texts)
+        train_ids, val_ids = split_classes(len(labels), cfg.val_classes, cfg.seed, cfg.ways)
+        pool = TextPool.from_texts(texts, load_tokenizer(tok_file, cfg.max_length), cfg.max_length)
+        return TaskData(
+            kind="classification",
+            spec={
+                "kind": "text",
+                "path": str(path.resolve()),
+                "classes": len(labels),
+                "texts": len(pool),
+                "max_length": cfg.max_length,
+                "truncated": pool.truncated,
+            },
+            train=TextEpisodes(pool.subset(train_ids), cfg.ways, cfg.shots, cfg.query_shots),
+            val=TextEpisodes(pool.subset(val_ids), cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            model_spec=text_model_spec(cfg),
+            preprocessing=text_preprocessing(tok_file, cfg.max_length),
+            split={"train": [labels[i] for i in train_ids], "val": [labels[i] for i in val_ids]},
+        )
+
+    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> TextEpisodes:
+        """Every label of ``arg``; the run's own data: its validation labels."""
+        spec = f"text:{arg}"
+        prep = _text_run(meta, spec)
+        path = Path(str(arg)).expanduser()
+        texts = read_labeled_texts(path, spec)
+        if _same_path(path, meta.get("data", {}), "text") and "val" in meta.get("split", {}):
+            keep = set(meta["split"]["val"])
+            texts = {k: v for k, v in texts.items() if k in keep}
+        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        return TextEpisodes(pool, ways, shots, queries, "evaluation")
+
+
+__all__ = [
+    "DATASETS",
+    "INTENT_PROTOCOLS",
+    "TEST_DOMAINS",
+    "TRAIN_DOMAINS",
+    "VAL_DOMAINS",
+    "Intents",
+    "LabeledText",
+    "TextEpisodes",
+    "TextPool",
+    "backbone_pooling",
+    "evaluation_texts",
+    "find_datasets",
+    "intents_protocol",
+    "load_banking77",
+    "load_clinc150",
+    "load_hwu64",
+    "load_tokenizer",
+    "pad",
+    "protocol_texts",
+    "read_labeled_texts",
+    "text_model_spec",
+    "text_preprocessing",
+    "tokenize",
+    "tokenizer_file",
+]
