@@ -169,6 +169,7 @@ class TextClassifier(ModelBase):
                 "Use the exact pretrained weights the run was meta-trained with.",
             )
         encoder = _load_encoder(folder)
+        spec = {**spec, "hidden": int(spec.get("hidden") or encoder.config.hidden_size)}
         if spec.get("adapt") == "lora":
             rank = int(spec.get("lora_rank", 8))
             lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
