@@ -74,7 +74,9 @@ def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Mod
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().div(255.0).unsqueeze(1)
+    """(n, size, size) grayscale -> (n, 1, size, size); (n, 3, size, size) RGB stays; values / 255."""
+    x = torch.from_numpy(images).float().div(255.0)
+    return x.unsqueeze(1) if x.ndim == 3 else x
 
 
 def _accuracy_table(pred: np.ndarray, target: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ class TrainConfig:
     rotations: bool = False  # add 90/180/270 degree rotations as new classes (image data)
     val_classes: float = 0.1  # fraction of classes (folder/zip data) held out for validation
     width: int = 64  # Conv-4 filters per layer / MLP hidden width
+    image_size: int = 0  # image side in pixels; 0 = automatic: 28 for grayscale data, 84 for color folders (three channels)
     threads: int | None = None  # torch intra-op threads; None = all cores
     task_threads: int = 0  # split the meta-batch over N threads (threads/N intra-op each); 0 = auto (CPU: one per thread), 1 = off
     precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
@@ -119,6 +120,10 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append("backbone must be a folder path")
     if cfg.data == "sinusoid" and cfg.rotations:
         p.append("rotations apply to image data, not to sinusoid")
+    if cfg.image_size != 0 and cfg.image_size < 16:
+        p.append(f"image-size must be 0 (automatic) or >= 16, what Conv-4's four 2x poolings need (got {cfg.image_size})")
+    if cfg.data == "sinusoid" and cfg.image_size:
+        p.append("image-size applies to image data, not to sinusoid")
     return p
 
 

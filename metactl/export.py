@@ -1,8 +1,9 @@
 """``export --onnx``: an adapted model as one self-contained ONNX file that onnxruntime serves.
 
 The graph's single input ``pixels`` takes raw pixel values 0-255 (float32), NCHW, shape
-(batch, 1, size, size): the image decoded to grayscale and resized, nothing else. Ink inversion and
-scaling happen inside the graph. The output ``probabilities`` has shape (batch, number of labels);
+(batch, channels, size, size): the image decoded to grayscale (channels 1) or RGB (channels 3, runs
+trained on color images) and resized, nothing else. Ink inversion (grayscale) and scaling happen
+inside the graph. The output ``probabilities`` has shape (batch, number of labels);
 ``metadata_props`` hold ``labels`` (JSON list, index = output column), ``preprocessing``,
 ``source_run`` and ``metactl_version``. Normalisation statistics are frozen, so a prediction never
 depends on the rest of the batch. The exporter checks its own file against torch.
@@ -114,11 +115,14 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     runs.ensure_out_free(out, force)
     meta, model = load_adapted(source)
     prep = meta["preprocessing"]
-    size = int(prep["size"])
+    size, channels = int(prep["size"]), int(prep.get("channels", 1))
+    color = "RGB" if channels == 3 else "grayscale"
     deployed = model.export_module(prep).eval()  # type: ignore[operator]
     metadata = {
         "labels": json.dumps(meta["labels"], ensure_ascii=False),
-        "preprocessing": json.dumps({**prep, "input": "pixels: float32 raw values 0-255, NCHW (batch, 1, size, size); grayscale, resized, not inverted"}),
+        "preprocessing": json.dumps(
+            {**prep, "input": f"pixels: float32 raw values 0-255, NCHW (batch, {channels}, size, size); {color}, resized, not inverted"}
+        ),
         "source_run": meta.get("source_run", ""),
         "adapted_from": str(source.resolve()),
         "metactl_version": __version__,
@@ -129,7 +133,8 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
     query = _folder_images(meta.get("query"), prep)
     checked_on = "support images" + (" and query images" if query is not None else "")
     if support is None:  # the folders moved since adapt: check on a fixed random batch instead
-        support, checked_on = np.random.default_rng(0).integers(0, 256, (16, size, size)).astype(np.uint8), "random pixels"
+        shape = (16, size, size) if channels == 1 else (16, channels, size, size)
+        support, checked_on = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8), "random pixels"
     images = support if query is None else np.concatenate([support, query])
     raw = deployed.client_inputs(images)
     with torch.no_grad():
@@ -157,8 +162,8 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "input": {
             "name": "pixels",
             "dtype": "float32",
-            "shape": ["batch", 1, size, size],
-            "values": "raw 0-255, grayscale, resized; inversion and scaling are inside the graph",
+            "shape": ["batch", channels, size, size],
+            "values": f"raw 0-255, {color}, resized; inversion and scaling are inside the graph",
         },
         "output": {"name": "probabilities", "shape": ["batch", len(meta["labels"])]},
         "opset": OPSET,

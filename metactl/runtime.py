@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from metactl.data.images import decode_gray, is_image_name
+from metactl.data.images import decode, is_image_name
 from metactl.errors import MetactlError
 
 
@@ -24,10 +24,12 @@ class ServedModel:
     labels: list[str]
     size: int
     metadata: dict[str, str]
+    channels: int = 1  # 1: grayscale, 3: RGB (the graph's input is (batch, channels, size, size))
 
     def predict(self, raw: np.ndarray) -> np.ndarray:
-        """raw (n, size, size) pixel values 0-255 -> probabilities (n, labels)."""
-        return self.session.run(["probabilities"], {"pixels": raw.astype(np.float32)[:, None]})[0]
+        """raw (n, size, size) grayscale or (n, 3, size, size) RGB pixel values 0-255 -> probabilities (n, labels)."""
+        pixels = raw.astype(np.float32)
+        return self.session.run(["probabilities"], {"pixels": pixels[:, None] if pixels.ndim == 3 else pixels})[0]
 
 
 def load_model(path: Path) -> ServedModel:
@@ -43,16 +45,18 @@ def load_model(path: Path) -> ServedModel:
         raise MetactlError(f"{path}: the model has no 'labels' metadata.", "Use a model exported by metactl.")
     shape = sess.get_inputs()[0].shape
     size = int(shape[-1]) if isinstance(shape[-1], int) else int(json.loads(meta.get("preprocessing", "{}")).get("size", 28))
-    return ServedModel(sess, json.loads(meta["labels"]), size, dict(meta))
+    channels = int(shape[1]) if isinstance(shape[1], int) else int(json.loads(meta.get("preprocessing", "{}")).get("channels", 1))
+    return ServedModel(sess, json.loads(meta["labels"]), size, dict(meta), channels)
 
 
-def raw_pixels(path: Path, size: int) -> np.ndarray:
-    """Decode to grayscale and resize (Lanczos): what a client sends; the graph does the rest."""
+def raw_pixels(path: Path, size: int, channels: int = 1) -> np.ndarray:
+    """Decode to grayscale (or RGB, channels 3) and resize (Lanczos): what a client sends; the graph does the rest.
+    (size, size) grayscale, (3, size, size) RGB."""
 
-    gray = decode_gray(str(path), str(path))
-    if gray.shape != (size, size):
-        gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
-    return gray
+    pixels = decode(str(path), str(path), channels)
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -78,7 +82,7 @@ def predict(model_path: Path, paths: list[Path], top_k: int = 1, batch: int = 64
     results: list[dict[str, Any]] = []
     for start in range(0, len(files), batch):
         chunk = files[start : start + batch]
-        probs = model.predict(np.stack([raw_pixels(f, model.size) for f in chunk]))
+        probs = model.predict(np.stack([raw_pixels(f, model.size, model.channels) for f in chunk]))
         for f, p in zip(chunk, probs, strict=True):
             order = np.argsort(-p)[:k]
             results.append(

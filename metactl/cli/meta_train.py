@@ -51,6 +51,7 @@ def meta_train(
     max_bad_steps: int = typer.Option(None, help="Stop after N non-finite steps in a row (each is skipped). [default: 10]"),
     rotations: bool = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270° rotations as new classes. [default: off]"),
     width: int = typer.Option(None, help="Conv-4 filters / MLP hidden width. [default: 64]"),
+    image_size: int = typer.Option(None, help="Image side in pixels (0 = automatic: 28 for grayscale, 84 for color folders, read in RGB). [default: 0]"),
     threads: int = typer.Option(None, help="torch threads. [default: all cores]"),
     task_threads: int = typer.Option(
         None, help="Split the meta-batch over N threads, threads/N intra-op threads each (0 = auto: one per thread on CPU; 1 = off). [default: 0]"
@@ -80,7 +81,7 @@ def meta_train(
         test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
         meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
         eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, max_bad_steps=max_bad_steps, rotations=rotations,
-        width=width, threads=threads, task_threads=task_threads,
+        width=width, image_size=image_size, threads=threads, task_threads=task_threads,
         precision=precision, checkpoint_inner=checkpoint_inner, backbone=backbone, adapt=adapt, lora_rank=lora_rank,
         train_body=train_body, max_length=max_length,
     )  # fmt: skip

@@ -31,7 +31,7 @@ class ClassPool(Protocol):
 class EpisodeBatch:
     """B tasks stacked: support (B, N*K, ...) and query (B, N*Q, ...); numpy, not yet tensors.
 
-    For classification x is uint8 (ink = 255) with shape (B, M, 1, H, W) and y is int64 in
+    For classification x is uint8 with shape (B, M, C, H, W) (C = 1: grayscale, ink = 255; C = 3: RGB) and y is int64 in
     0..N-1; class-major order (the K shots of class 0 first). For regression both are float32.
     A source with several arrays per example (token ids and an attention mask) gives x as a dict of them.
     """
@@ -104,15 +104,17 @@ class ClassificationEpisodes:
         n, k, q = self.ways, self.shots, self.queries
         classes = np.stack([rng.choice(self.eligible, size=n, replace=False) for _ in range(tasks)])
         first = self.pool.get(int(classes[0, 0]))
-        h, w = first.shape[-2:]
-        sx = np.empty((tasks, n * k, 1, h, w), dtype=np.uint8)
-        qx = np.empty((tasks, n * q, 1, h, w), dtype=np.uint8)
+        shape = first.shape[1:]  # (H, W) grayscale or (C, H, W) color
+        per = (1, *shape) if len(shape) == 2 else shape
+        sx = np.empty((tasks, n * k, *per), dtype=np.uint8)
+        qx = np.empty((tasks, n * q, *per), dtype=np.uint8)
+        sv, qv = (sx[:, :, 0], qx[:, :, 0]) if len(shape) == 2 else (sx, qx)  # views: grayscale fills channel 0
         for b in range(tasks):
             for j, c in enumerate(classes[b]):
                 imgs = self.pool.get(int(c))
                 pick = rng.choice(len(imgs), size=k + q, replace=False)
-                sx[b, j * k : (j + 1) * k, 0] = imgs[pick[:k]]
-                qx[b, j * q : (j + 1) * q, 0] = imgs[pick[k:]]
+                sv[b, j * k : (j + 1) * k] = imgs[pick[:k]]
+                qv[b, j * q : (j + 1) * q] = imgs[pick[k:]]
         sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
         qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
         return EpisodeBatch(sx, sy, qx, qy, classes)

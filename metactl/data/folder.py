@@ -3,6 +3,10 @@
 Every folder that directly holds images is a class (any depth), so Omniglot's official
 ``images_background.zip`` (``images_background/<alphabet>/characterNN/*.png``) works as downloaded.
 The whole set is decoded once into memory (uint8, ink = 255) with a progress callback.
+
+Color: a folder in which any image holds color (:func:`detect_color`; mixed folders: color wins) is
+read in RGB, shape (n, 3, size, size); a folder of grayscale pictures only (whatever their file
+mode: RGB files whose channels are equal count as gray) keeps one channel, shape (n, size, size).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from metactl.data.images import decode_bytes, decode_gray, is_image_name, preprocess
+from metactl.data.images import channels_of, decode, decode_bytes, decode_gray, has_color, is_image_name, preprocess
 from metactl.errors import MetactlError
 
 Progress = Callable[[int, int], None]
@@ -88,13 +92,16 @@ def load_folder(path: Path, prep: dict[str, Any], progress: Progress | None = No
     total = len(files)
     done = 0
 
+    channels = channels_of(prep)
+
     def read(item: tuple[str, str]) -> np.ndarray:
         _, f = item
         if zf is not None:
-            return preprocess(decode_bytes(zf.read(f), f"{path}:{f}"), prep)
-        return preprocess(decode_gray(f, f), prep)
+            return preprocess(decode_bytes(zf.read(f), f"{path}:{f}", channels), prep)
+        return preprocess(decode(f, f, channels), prep)
 
-    out = np.empty((total, prep["size"], prep["size"]), dtype=np.uint8)
+    size = int(prep["size"])
+    out = np.empty((total, size, size) if channels == 1 else (total, channels, size, size), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for i, arr in enumerate(pool.map(read, files, chunksize=64) if zf is None else map(read, files)):
             out[i] = arr
@@ -119,3 +126,30 @@ def detect_invert(path: Path) -> bool:
     if zf is not None:
         zf.close()
     return bool(np.median(means) > 127) if means else True
+
+
+def detect_color(path: Path, chunk: int = 256) -> bool:
+    """True when any image under ``path`` (folder or zip) holds color (:func:`metactl.data.images.has_color`).
+
+    Every file is looked at, in class order, until the first color one: files in a grayscale mode
+    (Omniglot's 1-bit PNGs) are answered from their header, others are decoded and their channels compared.
+    """
+    classes, zf = _list_classes(path)
+    files = [f for n in sorted(classes) for f in sorted(classes[n])]
+    try:
+        if zf is not None:
+            for f in files:
+                if zf.getinfo(f).file_size == 0:
+                    continue  # load_folder names the empty file
+                with zf.open(f) as stream:
+                    if has_color(stream, f"{path}:{f}"):
+                        return True
+            return False
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(files), chunk):
+                if any(pool.map(lambda f: has_color(f, f), files[start : start + chunk])):
+                    return True
+        return False
+    finally:
+        if zf is not None:
+            zf.close()

@@ -18,8 +18,8 @@ import numpy as np
 
 from metactl.data import glyphs, omniglot
 from metactl.data.episodes import ClassificationEpisodes, ClassPool, Sampler, SinusoidEpisodes, split_classes
-from metactl.data.folder import ArrayPool, detect_invert, load_folder
-from metactl.data.images import default_preprocessing
+from metactl.data.folder import ArrayPool, detect_color, detect_invert, load_folder
+from metactl.data.images import COLOR_SIZE, channels_of, color_preprocessing, default_preprocessing
 from metactl.errors import MetactlError
 
 Progress = Callable[[int, int], None]
@@ -71,9 +71,19 @@ class RotatedPool:
         return [f"{n}@rot{90 * r}" for n in self.base.names() for r in range(4)]
 
 
-def conv_spec(ways: int, width: int, size: int = 28) -> dict[str, Any]:
+def conv_spec(ways: int, width: int, size: int = 28, channels: int = 1) -> dict[str, Any]:
     """The Conv-4 every image source trains by default."""
-    return {"kind": "conv4", "num_classes": ways, "in_channels": 1, "image_size": size, "width": width}
+    return {"kind": "conv4", "num_classes": ways, "in_channels": channels, "image_size": size, "width": width}
+
+
+def folder_preprocessing(path: Path, image_size: int = 0) -> dict[str, Any]:
+    """The preprocessing a training folder (or zip) gets: RGB at ``image_size`` (0: 84) when any image
+    holds color (a mixed folder is color: a gray picture is a valid RGB one, while color squeezed to
+    gray loses what may tell the classes apart); otherwise grayscale at ``image_size`` (0: 28) with
+    the ink polarity read off the files."""
+    if detect_color(path):
+        return color_preprocessing(image_size or COLOR_SIZE)
+    return default_preprocessing(image_size or 28, invert=detect_invert(path))
 
 
 def _rotated(pool: ClassPool, rotations: bool) -> ClassPool:
@@ -113,6 +123,8 @@ class Glyphs:
     takes_argument: ClassVar[bool] = False
 
     def open(self, cfg: Any, arg: str | None, progress: Progress | None) -> TaskData:
+        if getattr(cfg, "image_size", 0) not in (0, glyphs.SIZE):
+            raise MetactlError(f"--image-size {cfg.image_size}: glyphs are drawn at {glyphs.SIZE}x{glyphs.SIZE}.", "Drop --image-size or use image files.")
         train: ClassPool = _rotated(glyphs.GlyphPool(*glyphs.TRAIN), cfg.rotations)
         val = glyphs.GlyphPool(*glyphs.VAL)
         return TaskData(
@@ -151,7 +163,7 @@ class Folder:
 
     def open(self, cfg: Any, arg: str | None, progress: Progress | None, spec: str | None = None) -> TaskData:
         path = _existing(spec or str(arg), Path(str(arg)).expanduser(), TRAIN_HINT)
-        prep = default_preprocessing(28, invert=detect_invert(path))
+        prep = folder_preprocessing(path, getattr(cfg, "image_size", 0))
         pool = load_folder(path, prep, progress)
         train_ids, val_ids = split_classes(pool.num_classes, cfg.val_classes, cfg.seed, cfg.ways)
         names = pool.names()
@@ -160,7 +172,7 @@ class Folder:
             spec={"kind": "folder", "path": str(path.resolve()), "classes": pool.num_classes, "images": len(pool.images)},
             train=ClassificationEpisodes(_rotated(pool.subset(train_ids), cfg.rotations), cfg.ways, cfg.shots, cfg.query_shots),
             val=ClassificationEpisodes(pool.subset(val_ids), cfg.ways, cfg.shots, cfg.query_shots, "validation"),
-            model_spec=conv_spec(cfg.ways, cfg.width),
+            model_spec=conv_spec(cfg.ways, cfg.width, int(prep["size"]), channels_of(prep)),
             preprocessing=prep,
             split={"train": [names[i] for i in train_ids], "val": [names[i] for i in val_ids]},
         )
@@ -170,7 +182,9 @@ class Folder:
         _not_regression(meta, str(arg))
         recorded = meta.get("data", {})
         path = _existing(str(arg), Path(str(arg)).expanduser())
-        prep = {**(meta.get("preprocessing") or default_preprocessing()), "invert": detect_invert(path)}
+        prep = meta.get("preprocessing") or default_preprocessing()
+        if channels_of(prep) == 1:  # a color run reads the folder in RGB, never inverted
+            prep = {**prep, "invert": detect_invert(path)}
         pool: ArrayPool = load_folder(path, prep)
         if arg == recorded.get("path") and "val" in meta.get("split", {}):
             names = set(meta["split"]["val"])
@@ -189,7 +203,8 @@ class OmniglotSource:
         root = Path(str(arg)).expanduser()
         if not (root.is_dir() and omniglot.find_parts(root) is not None):
             return Folder().open(cfg, arg, progress, spec=f"omniglot:{arg}")
-        prep = default_preprocessing(28, invert=True)
+        size = getattr(cfg, "image_size", 0) or 28
+        prep = default_preprocessing(size, invert=True)
         data = omniglot.Omniglot(root, prep, progress)
         pools = omniglot.protocol_pools(data, cfg.protocol, ("train", "val"), cfg.val_classes, cfg.seed)
         return TaskData(
@@ -197,7 +212,7 @@ class OmniglotSource:
             spec={"kind": "omniglot", "path": str(root.resolve()), **omniglot.describe(pools, cfg.protocol)},
             train=ClassificationEpisodes(_rotated(pools["train"], cfg.rotations), cfg.ways, cfg.shots, cfg.query_shots),
             val=ClassificationEpisodes(pools["val"], cfg.ways, cfg.shots, cfg.query_shots, "validation"),
-            model_spec=conv_spec(cfg.ways, cfg.width),
+            model_spec=conv_spec(cfg.ways, cfg.width, size),
             preprocessing=prep,
             split={
                 "protocol": cfg.protocol,
@@ -234,4 +249,7 @@ class OneShotRuns:
         return omniglot.oneshot_runs(path, {**(meta.get("preprocessing") or default_preprocessing()), "invert": True})
 
 
-__all__ = ["Folder", "Glyphs", "OmniglotSource", "OneShotRuns", "RotatedPool", "Sinusoid", "TaskData", "TaskSource", "conv_spec", "split_classes"]
+__all__ = [
+    "Folder", "Glyphs", "OmniglotSource", "OneShotRuns", "RotatedPool", "Sinusoid", "TaskData", "TaskSource",
+    "conv_spec", "folder_preprocessing", "split_classes",
+]  # fmt: skip

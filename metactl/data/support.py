@@ -2,7 +2,8 @@
 
 A support folder holds one subfolder per label; the subfolder's name is the label (any Unicode),
 and labels are sorted by code point. Images (png, jpg/jpeg, bmp, gif, webp, tif/tiff, any mode) are
-converted with the run's recorded preprocessing. Hidden files and non-image files are skipped and
+converted with the run's recorded preprocessing (grayscale, or RGB for a run trained on color
+images: ``"channels": 3``). Hidden files and non-image files are skipped and
 reported once. Anything that makes the folder unusable is a :class:`MetactlError` naming the path.
 """
 
@@ -18,13 +19,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from metactl.data.images import decode_gray, is_image_name, preprocess
+from metactl.data.images import channels_of, decode, is_image_name, preprocess
 from metactl.errors import MetactlError
 
 
 @dataclass
 class LabeledImages:
-    images: np.ndarray  # (n, size, size) uint8, ink = 255
+    images: np.ndarray  # (n, size, size) uint8, ink = 255; color runs: (n, 3, size, size) RGB
     targets: np.ndarray  # (n,) int64 index into labels
     labels: list[str]
     files: list[str]
@@ -37,6 +38,11 @@ class LabeledImages:
 
 def read_gray_file(path: Path) -> np.ndarray:
     """One file -> 2-D uint8 grayscale as stored (not resized, not inverted)."""
+    return read_image_file(path, 1)
+
+
+def read_image_file(path: Path, channels: int = 1) -> np.ndarray:
+    """One file -> 2-D uint8 grayscale (channels 1) or (H, W, 3) RGB (channels 3), as stored (not resized, not inverted)."""
 
     try:
         size = path.stat().st_size
@@ -47,7 +53,7 @@ def read_gray_file(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            return decode_gray(str(path), str(path))
+            return decode(str(path), str(path), channels)
         except Image.DecompressionBombWarning:
             raise MetactlError(f"{path}: image is larger than the decompression-bomb limit.", "Resize it or remove it from the folder.") from None
         except PermissionError:
@@ -78,7 +84,8 @@ def _check_link(path: Path, what: str) -> None:
 
 def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support") -> LabeledImages:
     """Read and preprocess a labeled folder. ``prep["invert"] = None`` detects the ink polarity
-    from the folder itself (dark ink on a light background is inverted so that ink = 255)."""
+    from the folder itself (dark ink on a light background is inverted so that ink = 255);
+    with ``"channels": 3`` the files are read in RGB and never inverted."""
     if not root.exists():
         raise MetactlError(f"{what} {root}: no such folder.", "Pass a folder with one subfolder of images per label.")
     if not root.is_dir():
@@ -119,14 +126,17 @@ def read_labeled_folder(root: Path, prep: dict[str, Any], what: str = "--support
     if len(classes) < 2:
         raise MetactlError(f"{what} {root}: found 1 label ({classes[0][0]!r}); need at least 2.", "Add a subfolder of images for each further label.")
     labels = [name for name, _ in classes]
-    grays, targets, paths = [], [], []
+    channels = channels_of(prep)
+    decoded, targets, paths = [], [], []
     for i, (_, files) in enumerate(classes):
         for f in files:
-            grays.append(read_gray_file(f))
+            decoded.append(read_image_file(f, channels))
             targets.append(i)
             paths.append(str(f))
     prep = dict(prep)
-    if prep.get("invert") is None:
-        prep["invert"] = bool(np.median([np.median(g) for g in grays]) > 127)
-    images = np.stack([preprocess(g, prep) for g in grays])
+    if channels != 1:
+        prep["invert"] = False  # ink is a grayscale notion
+    elif prep.get("invert") is None:
+        prep["invert"] = bool(np.median([np.median(g) for g in decoded]) > 127)
+    images = np.stack([preprocess(g, prep) for g in decoded])
     return LabeledImages(images, np.array(targets, dtype=np.int64), labels, paths, skipped, prep)

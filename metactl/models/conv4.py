@@ -107,8 +107,8 @@ class TaskNorm2d(nn.Module):
 
 
 class Pixels(nn.Module):
-    """The exported graph: raw pixels 0-255 (float32, NCHW, grayscale, resized) -> class probabilities;
-    ink inversion and scaling inside."""
+    """The exported graph: raw pixels 0-255 (float32, NCHW (batch, channels, size, size): grayscale
+    (1) or RGB (3), resized) -> class probabilities; ink inversion (grayscale only) and scaling inside."""
 
     input_names = ["pixels"]  # noqa: RUF012
     output_names = ["probabilities"]  # noqa: RUF012
@@ -130,7 +130,8 @@ class Pixels(nn.Module):
         return (torch.zeros(2, self.channels, self.size, self.size),)
 
     def client_inputs(self, examples: np.ndarray) -> dict[str, np.ndarray]:
-        """Preprocessed images (ink = 255, uint8, (n, size, size)) -> pixels as the client's files hold them (not inverted)."""
+        """Preprocessed images (uint8, (n, size, size) grayscale with ink = 255, or (n, 3, size, size) RGB)
+        -> pixels as the client's files hold them (not inverted), (n, channels, size, size)."""
         raw = (255 - examples if self.invert else examples).astype(np.float32)
         return {"pixels": raw[:, None] if raw.ndim == 3 else raw}
 
