@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from metactl.api import Params
@@ -177,7 +177,7 @@ class Conv4(ModelBase):
         data = path.read_bytes()
         if source.get("theta_sha256") and hashlib.sha256(data).hexdigest() != source["theta_sha256"]:
             raise MetactlError(f"{path} changed since this run was trained on top of it.", "Use the exact run the body came from.")
-        theta = safetensors.torch.load(data)
+        theta = load_safetensors(data)  # safetensors: never a pickle
         body = {k: v for k, v in theta.items() if not k.startswith(("head.", "inner_lr."))}
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("head.") and k in dict(self.named_parameters())}
         if set(body) != set(own) or any(body[k].shape != own[k].shape for k in own):
