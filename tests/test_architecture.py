@@ -34,6 +34,8 @@ LAZY = {
     ("metactl.plot", "matplotlib"): "the optional [plot] extra: missing is a clear error",
     ("metactl.plot", "matplotlib.pyplot"): "after choosing the headless backend",
     ("metactl.registry", "metactl.api"): "api imports torch; `metactl algorithms` lists plugins without it",
+    ("metactl.data.labeled", "metactl.data.support_text"): "the optional [text] extra (tokenizers): image support folders must not need it",
+    ("metactl.runtime", "metactl.data.support_text"): "the optional [text] extra (tokenizers): image predict must not need it",
 }
 
 
