@@ -28,9 +28,9 @@ from safetensors.torch import save
 from torch import nn
 
 from metactl import __version__, runs
-from metactl.api import Inputs, Params
+from metactl.api import Inputs, Params, map_inputs
 from metactl.config import TrainConfig
-from metactl.data.support import LabeledImages, read_labeled_folder
+from metactl.data.labeled import LabeledExamples, kind_of, read_support
 from metactl.errors import MetactlError
 from metactl.evaluate import algorithm_of_run
 from metactl.models import build_model
@@ -73,6 +73,13 @@ def deployable(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Mod
     return model.eval()
 
 
+def model_input(examples: np.ndarray | dict[str, np.ndarray]) -> Inputs:
+    """Examples as the support reader gives them -> the model's input on the CPU."""
+    if isinstance(examples, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in examples.items()}
+    return to_input(examples)
+
+
 def to_input(images: np.ndarray) -> torch.Tensor:
     """(n, size, size) grayscale -> (n, 1, size, size); (n, 3, size, size) RGB stays; values / 255."""
     x = torch.from_numpy(images).float().div(255.0)
@@ -104,22 +111,24 @@ def adapt(
     run = run or runs.latest_run()
     meta, learner = runs.load_run(run, device)
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
-        raise MetactlError(f"{run}: adapt needs an image classification run (this one is {meta.get('task')}).", "Meta-train on image data.")
-    # the model expects ink = 255; whether the user's files need inverting is read off the support folder
-    data = read_labeled_folder(support, {**meta["preprocessing"], "invert": None}, "--support")
-    prep = data.preprocessing
-    qdata: LabeledImages | None = read_labeled_folder(query, prep, "--query") if query is not None else None
+        raise MetactlError(f"{run}: adapt needs a classification run (this one is {meta.get('task')}).", "Meta-train on image or text data.")
+    recorded = meta["preprocessing"]
+    image = kind_of(recorded) == "image"
+    # images: the model expects ink = 255; whether the user's files need inverting is read off the support folder
+    data = read_support(support, {**recorded, "invert": None} if image else recorded, "--support")
+    prep = data.preprocessing or recorded
+    qdata: LabeledExamples | None = read_support(query, prep, "--query") if query is not None else None
     if qdata is not None and set(qdata.labels) - set(data.labels):
         extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
-        raise MetactlError(f"--query {query}: labels not in the support folder: {extra}.", "Use the same label folders as --support.")
+        raise MetactlError(f"--query {query}: labels not in the support set: {extra}.", "Use the same labels as --support.")
     cfg = TrainConfig(**meta["config"])
     k = int(meta.get("adapt_steps", cfg.test_inner_steps)) if steps is None else steps
     if k < 0:
         raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
     algo = algorithm_of_run(meta, cfg)
     learner, spec = runs.with_head(learner, meta["model"], len(data.labels))
-    sx, sy = to_input(data.images), torch.from_numpy(data.targets)
-    dx, dy = sx.to(device), sy.to(device)
+    sx, sy = model_input(data.examples), torch.from_numpy(data.targets)
+    dx, dy = map_inputs(lambda t: t.to(device), sx), sy.to(device)
     trajectory = algo.adapt(learner, dx, dy, k)
     with torch.no_grad():
         losses = [float(learner.loss(learner.forward(p, dx), dy)) for p in trajectory]
@@ -135,30 +144,33 @@ def adapt(
         remap = np.array([data.labels.index(lab) for lab in qdata.labels])
         qy = remap[qdata.targets]
         with torch.no_grad():
-            pred = model(to_input(qdata.images)).argmax(-1).numpy()
+            pred = model(model_input(qdata.examples)).argmax(-1).numpy()
         query_acc = float((pred == qy).mean())
         per_class = _accuracy_table(pred, qy, data.labels)
     theta_bytes = (run / runs.THETA).read_bytes()
+    unit = "images" if image else "texts"
     info = {
         "metactl_version": __version__,
         "kind": "adapted",
         "labels": data.labels,
         "model": spec,
         "preprocessing": prep,
-        "normalization": "BatchNorm statistics frozen from the support set at the adapted weights",
+        "normalization": "BatchNorm statistics frozen from the support set at the adapted weights" if image else "none (no batch statistics)",
         "source_run": str(run.resolve()),
         "source_theta_sha256": hashlib.sha256(theta_bytes).hexdigest(),
         "algorithm": meta["algorithm"]["name"],
         "steps": k,
-        "support": {"folder": str(support.resolve()), "images": len(data.images), "per_label": data.counts()},
+        "support": {"folder": str(support.resolve()), unit: len(data), "per_label": data.counts(), "truncated": data.truncated},
         "support_losses": losses,
         "support_accuracy": support_acc,
         "query_accuracy": query_acc,
-        "query": None if qdata is None else {"folder": str(query.resolve()), "images": len(qdata.images)},
+        "query": None if qdata is None else {"folder": str(query.resolve()), unit: len(qdata)},  # type: ignore[union-attr]
         "created": datetime.now().isoformat(timespec="seconds"),
     }
     blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})
-    runs.write_dir_atomically(out, force, {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()})
+    files = {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()}
+    files.update(model.adapted_assets() if hasattr(model, "adapted_assets") else {})  # e.g. the LoRA as a PEFT adapter folder
+    runs.write_dir_atomically(out, force, files)
     return AdaptResult(out, data.labels, losses, support_acc, query_acc, per_class, data.skipped, time.perf_counter() - t0)
 
 

@@ -46,11 +46,24 @@ def map_inputs(fn: Callable[[Tensor], Tensor], x: Inputs) -> Inputs:
 
 
 def cat_inputs(xs: Sequence[Inputs], dim: int = 0) -> Inputs:
-    """``torch.cat`` for inputs (a dict: key by key; all items of one kind)."""
+    """``torch.cat`` for inputs (a dict: key by key; all items of one kind). Named inputs of different
+    trailing sizes (token sequences padded per batch) are right-padded with zeros to the longest first:
+    zeros are padding under a zero attention mask."""
     first = xs[0]
     if isinstance(first, Tensor):
         return torch.cat(list(xs), dim=dim)  # type: ignore[arg-type]
-    return {k: torch.cat([x[k] for x in xs], dim=dim) for k in first}  # type: ignore[index]
+    out = {}
+    for k in first:
+        parts = [x[k] for x in xs]  # type: ignore[index]
+        longest = [max(int(t.shape[d]) for t in parts) for d in range(parts[0].dim())]
+        padded = []
+        for t in parts:
+            pad: list[int] = []
+            for d in reversed(range(t.dim())):
+                pad += [0, 0 if d == dim % t.dim() else longest[d] - int(t.shape[d])]
+            padded.append(F.pad(t, pad) if any(pad) else t)
+        out[k] = torch.cat(padded, dim=dim)
+    return out
 
 
 def inputs_len(x: Inputs, dim: int = 0) -> int:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
+from transformers.utils import logging as hf_logging
 
 from metactl.api import Params
 from metactl.errors import MetactlError
@@ -121,6 +122,8 @@ def text_model_spec(backbone: Path, num_classes: int, adapt: str, lora_rank: int
 
 def _load_encoder(folder: Path) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a hub call: everything comes from the folder
+    hf_logging.set_verbosity_error()  # the loader's per-weight report and progress bar are not the user's business
+    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         kwargs: dict[str, Any] = {"attn_implementation": "eager", "local_files_only": True}
