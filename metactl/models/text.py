@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from transformers.utils import logging as hf_logging
 from metactl.api import Params
 from metactl.errors import MetactlError
 from metactl.models import ModelBase
+
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # transformers' own deprecation, via peft
 
 WEIGHTS = "model.safetensors"
 LORA_TARGETS = r".*encoder\.layer\.\d+\..*\.(query|key|value|dense)$"  # every attention and feed-forward projection
