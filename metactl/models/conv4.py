@@ -42,6 +42,10 @@ def _unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(c, dtype=dtype, device=x.device), torch.ones(c, dtype=dtype, device=x.device)
 
 
+# the folded affine map runs batch_norm with unit statistics and no epsilon of its own; some torch
+# versions refuse eps = 0, and 1 + 1e-30 is exactly 1 in float32 (and rounds to it from float64)
+_NO_EPS = 1e-30
+
 CHANNELS_LAST = True  # switch for the A/B benchmark (examples/benchmarks/speed_options.py)
 
 
@@ -93,7 +97,7 @@ class TaskNorm2d(nn.Module):
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
         zeros, ones = _unit_stats(x)
-        return F.batch_norm(x, zeros, ones, scale, shift, False, 0.0, 0.0)
+        return F.batch_norm(x, zeros, ones, scale, shift, False, 0.0, _NO_EPS)
 
     def _per_task(self, x: torch.Tensor, ref: int | None, tasks: int) -> torch.Tensor:
         """x holds ``tasks`` equal task-major blocks; each is normalised with its own first ``ref`` rows
