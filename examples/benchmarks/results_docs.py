@@ -339,6 +339,49 @@ def memory(results: Path) -> list[str]:
     return out
 
 
+TEXT_STEP_LABELS = {
+    "head": "`--adapt head`, features precomputed (as meta-train runs it)",
+    "head-no-cache": "`--adapt head`, the body run per task",
+    "lora-fo": "`--adapt lora`, first order",
+    "lora-so": "`--adapt lora`, second order",
+}
+TEXT_STEP_RATIOS = {"head-no-cache": ("head_no_cache_over_head", "× head"), "lora-so": ("lora_so_over_fo", "× first order")}
+
+
+def text_speed(results: Path) -> list[str]:
+    data = load(results, "text-speed.json")
+    ratios = data["ratios"]
+    out = header("measurement", "time", "peak memory / check", "ratio")
+    for name, s in data["meta_step"].items():
+        ratio = ""
+        if name in TEXT_STEP_RATIOS and f"{TEXT_STEP_RATIOS[name][0]}_seconds" in ratios:
+            key, unit = TEXT_STEP_RATIOS[name]
+            ratio = f"{ratios[key + '_seconds']:.1f}{unit} (memory {ratios[key + '_peak_mb']:.1f}{unit})"
+        out.append(row(f"meta-step, {TEXT_STEP_LABELS.get(name, name)}", f"{s['seconds']:.3f} s", f"+{s['peak_mb']:.0f} MB", ratio))
+    for mode, a in data["adapt"].items():
+        out.append(row(f"`adapt` from a {mode} run", f"{a['first_call_seconds']:.2f} s (second call {a['second_call_seconds']:.2f} s)", "", ""))
+    onnx = data["onnx"]
+    lat = onnx["latency_ms"]
+    out.append(row("batch 1, torch eager", f"{lat['torch']:.2f} ms", "", ""))
+    out.append(
+        row(
+            "batch 1, onnxruntime float",
+            f"{lat['onnx_float']:.2f} ms",
+            f"max \\|Δp\\| vs torch {sci(onnx['float_torch_max_abs_prob_diff'])}",
+            f"{ratios['onnx_float_over_torch_latency']:.2f}× torch",
+        )
+    )
+    out.append(
+        row(
+            "batch 1, onnxruntime int8",
+            f"{lat['onnx_int8']:.2f} ms",
+            f"argmax agreement with float {pct(onnx['int8_float_argmax_agreement'])} % ({onnx['queries']} queries)",
+            f"{ratios['onnx_int8_over_float_latency']:.2f}× float",
+        )
+    )
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 TABLES: dict[str, tuple[str, Builder]] = {
@@ -355,6 +398,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "speed-options": ("speed.md", speed_options),
     "profile-step": ("speed.md", profile_step),
     "memory-inner-steps": ("speed.md", memory),
+    "text-speed": ("speed.md", text_speed),
 }
 
 
