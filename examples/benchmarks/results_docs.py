@@ -196,6 +196,65 @@ def sinusoid(results: Path) -> list[str]:
     return out
 
 
+CLINC_LABELS = {  # run name in clinc-domains-runs.json -> label
+    "centroid": "**nearest centroid** on frozen MiniLM (baseline)",
+    "probe": "logistic-regression probe on frozen MiniLM (baseline)",
+    "head": "maml, head on frozen MiniLM",
+    "lora": "maml, LoRA rank {lora_rank} + head",
+}
+CLINC_SETTINGS = {"5-way 1-shot": "5w1s", "5-way 5-shot": "5w5s"}
+
+
+def clinc_runs(results: Path) -> dict[str, tuple[Json, dict[str, Json]]]:
+    """Run name -> (its training summary, setting -> its evaluation), in CLINC_LABELS order."""
+    info = load(results, "clinc-domains-runs.json")["runs"]
+    evals: dict[str, dict[str, Json]] = {name: {} for name in info}
+    for setting, tag in CLINC_SETTINGS.items():
+        for name in (f"clinc-domains-{tag}.json", f"clinc-domains-lora-{tag}.json"):
+            for run in load(results, name)["runs"]:
+                evals[Path(run["run"]).name][setting] = run
+    return {name: (info[name], evals[name]) for name in CLINC_LABELS if name in info}
+
+
+def clinc_label(name: str, info: Json) -> str:
+    return CLINC_LABELS[name].format(**info)
+
+
+def clinc_own_steps(info: Json) -> int:
+    """The run's own test-time steps: adapt_steps (chosen on the validation domain), else its test steps."""
+    return int(info["adapt_steps"] or info["test_inner_steps"])
+
+
+def clinc_domains(results: Path) -> list[str]:
+    data = clinc_runs(results)
+    bar = {s: step_of(ev[s], clinc_own_steps(info))["mean"] for name, (info, ev) in data.items() if name == "centroid" for s in CLINC_SETTINGS}
+    out = header("run", "training time (outer steps)", *(f"{s}: accuracy (steps) [vs centroid]" for s in CLINC_SETTINGS), "test episodes (1-shot / 5-shot)")
+    for name, (info, ev) in data.items():
+        k = clinc_own_steps(info)
+        trained = "none (`--steps 1`)" if info["algorithm"] in ("centroid", "probe") else f"{minutes(info['train_seconds'])} ({info['outer_steps']})"
+        cells = []
+        for s in CLINC_SETTINGS:
+            st = step_of(ev[s], k)
+            steps_matter = len({round(x["mean"], 6) for x in ev[s]["steps"][1:]}) > 1  # closed-form heads: the same after any step
+            text = pct(st["mean"], st["ci95"]) + (f" ({k})" if steps_matter else "")
+            if bar and name != "centroid":
+                text += f" [{100 * (st['mean'] - bar[s]):+.1f}]"
+            cells.append(text)
+        out.append(row(clinc_label(name, info), trained, *cells, " / ".join(str(ev[s]["episodes"]) for s in CLINC_SETTINGS)))
+    return out
+
+
+def clinc_domains_curve(results: Path) -> list[str]:
+    data = clinc_runs(results)
+    ks = [0, 1, 2, 5, 10]
+    out = header("run", "setting", *(f"{k} step{'s' if k != 1 else ''}" for k in ks))
+    for name, (info, ev) in data.items():
+        for s in CLINC_SETTINGS:
+            steps = {st["step"]: st for st in ev[s]["steps"]}
+            out.append(row(clinc_label(name, info), s, *(pct(steps[k]["mean"], steps[k]["ci95"]) if k in steps else "–" for k in ks)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # docs/speed.md
 
@@ -391,6 +450,8 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "algorithms-4min-best": ("results.md", algorithms_best),
     "meta-vs-pretrain": ("results.md", meta_vs_pretrain),
     "sinusoid": ("results.md", sinusoid),
+    "clinc-domains": ("results.md", clinc_domains),
+    "clinc-domains-curve": ("results.md", clinc_domains_curve),
     "time-to-95": ("speed.md", time_to_95),
     "time-to-95-bf16": ("speed.md", bf16_vs_fp32),
     "throughput": ("speed.md", throughput),
