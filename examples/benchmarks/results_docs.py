@@ -443,6 +443,35 @@ def text_speed(results: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 
+
+def gpu(results: Path) -> list[str]:
+    """examples/benchmarks/gpu_check.sh on one GPU: each run's steps in its budget and its validation (and test) accuracy."""
+    device = load(results, "gpu-omniglot-device.json")
+    out = header("run (--device cuda)", "device", "outer steps", "training s", "s / step", "validation, after k steps", "test (600 episodes)")
+    evaluated = load(results, "gpu-omniglot-evaluate-5w1s.json")["runs"][0]["steps"]
+    for name, label in (
+        ("omniglot-o5w1s", "omniglot-5way-1shot preset (maml)"),
+        ("text-head", "MiniLM `--adapt head`, 5w5s"),
+        ("text-lora", "MiniLM `--adapt lora` r8, 5w5s"),
+    ):
+        run = load(results, f"gpu-{name}-run.json")
+        k = int(run.get("adapt_steps", len(run["validation"]["curve"]) - 1))
+        val = run["validation"]["curve"][k]
+        test = pct(evaluated[-1]["mean"], evaluated[-1]["ci95"]) + f" ({evaluated[-1]['step']})" if name == "omniglot-o5w1s" else "not run"
+        out.append(
+            row(
+                label,
+                device["device"],
+                run["steps_done"],
+                f"{run['seconds']:.0f}",
+                f"{run['seconds'] / run['steps_done']:.3f}",
+                f"{pct(val['mean'], val['ci95'])} ({k})",
+                test,
+            )
+        )
+    return out
+
+
 TABLES: dict[str, tuple[str, Builder]] = {
     "presets": ("results.md", presets),
     "oneshot-runs": ("results.md", oneshot),
@@ -460,6 +489,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "profile-step": ("speed.md", profile_step),
     "memory-inner-steps": ("speed.md", memory),
     "text-speed": ("speed.md", text_speed),
+    "gpu": ("gpu.md", gpu),
 }
 
 
