@@ -167,3 +167,13 @@ def test_a_changed_weights_file_is_refused(tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
     with pytest.raises(MetactlError, match="is not the file this was trained on"):
         TextClassifier.from_spec(spec)
+
+
+def test_what_a_head_run_stores_does_not_grow_with_the_body(tmp_path: Path) -> None:
+    """θ (what the run dir, checkpoints and the optimizer hold) is the head whatever the body's depth; the body is frozen."""
+    small, deep = make_backbone(tmp_path / "small", layers=1), make_backbone(tmp_path / "deep", layers=4)
+    learners = [text_learner(b, "head") for b in (small, deep)]
+    sizes = [sum(p.numel() for p in lrn.params.values()) for lrn in learners]
+    frozen = [sum(p.numel() for p in lrn.frozen.values()) for lrn in learners]
+    assert sizes[0] == sizes[1] == 8 * 3 + 3
+    assert frozen[1] > 2 * frozen[0]
