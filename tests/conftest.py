@@ -1,10 +1,11 @@
 """Shared fixtures, and CI's strictness about skips.
 
-The real-data tests read ``../shared/datasets`` (beside the repository; ``METACTL_OMNIGLOT`` and
-``METACTL_ONESHOT_RUNS`` point elsewhere). Outside CI a missing dataset is a skip, listed with its
-reason (``-rs`` in the pytest addopts). With ``CI`` set (CI runs a fresh clone with shared/ beside
-it) a missing dataset is an error, and any skip whose reason is not in ``CI_ALLOWED_SKIPS`` makes the
-run exit non-zero: a real-data test cannot silently not run in CI.
+The real-data tests read ``../shared/datasets`` and ``../shared/models`` (beside the repository;
+``METACTL_OMNIGLOT``, ``METACTL_ONESHOT_RUNS``, ``METACTL_INTENTS`` and ``METACTL_MINILM`` point
+elsewhere). Outside CI a missing dataset is a skip, listed with its reason (``-rs`` in the pytest
+addopts). With ``CI`` set (CI runs a fresh clone with shared/ beside it) a missing dataset is an
+error, and any skip whose reason is not in ``CI_ALLOWED_SKIPS`` makes the run exit non-zero: a
+real-data test cannot silently not run in CI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from metactl.testing import make_image_folder
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 OMNIGLOT = Path(os.environ.get("METACTL_OMNIGLOT", SHARED / "omniglot"))
 ONESHOT_RUNS = Path(os.environ.get("METACTL_ONESHOT_RUNS", SHARED / "omniglot_oneshot_runs"))
+INTENTS = Path(os.environ.get("METACTL_INTENTS", SHARED / "intents"))
+MINILM = Path(os.environ.get("METACTL_MINILM", SHARED.parent / "models" / "all-MiniLM-L6-v2"))
 # skips CI accepts: tests that need hardware CI does not have (a case-insensitive substring of the reason)
 CI_ALLOWED_SKIPS = ("cuda",)
 
@@ -56,6 +59,18 @@ def omniglot_dir() -> Path:
 def oneshot_runs_zip() -> Path:
     """Lake et al.'s real ``all_runs.zip`` (the 20 one-shot runs)."""
     return _real_data(ONESHOT_RUNS / "all_runs.zip", "Omniglot one-shot runs", "METACTL_ONESHOT_RUNS") / "all_runs.zip"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real pretrained sentence encoder ``all-MiniLM-L6-v2`` (a sentence-transformers folder)."""
+    return _real_data(MINILM / "model.safetensors", "all-MiniLM-L6-v2", "METACTL_MINILM")
+
+
+@pytest.fixture(scope="session")
+def intents_dir() -> Path:
+    """The intents root (``clinc150/``, ``banking77/``, ``hwu64/``)."""
+    return _real_data(INTENTS / "clinc150" / "data_full.json", "The intents datasets", "METACTL_INTENTS").parent
 
 
 # --- CI: no silent skips -------------------------------------------------------------------------

@@ -35,9 +35,12 @@ def evaluate(
     more: list[Path] = typer.Argument(None, metavar="RUN", help="More run dirs: what a shell glob expands to (--from RUN/snapshots/*).", show_default=False),
     data: str = typer.Option(
         None,
-        help="FOLDER | FILE.zip | omniglot:DIR (the protocol's test characters) | oneshot:PATH (Lake's 20 runs). [default: the run's held-out classes]",
+        help="FOLDER | FILE.zip | omniglot:DIR | oneshot:PATH (Lake's 20 runs) | intents:DIR | text:FILE|DIR. [default: the run's held-out classes]",
     ),
-    protocol: str = typer.Option(None, help="Test split of omniglot:DIR: lake | vinyals. [default: the run's, else lake]"),
+    protocol: str = typer.Option(
+        None,
+        help="Test split: omniglot:DIR: lake | vinyals; intents:DIR: domains | unseen-clinc150 | unseen-banking77 | unseen-hwu64. [default: the run's]",
+    ),
     ways: int = typer.Option(None, help="N. [default: the run's]"),
     shots: int = typer.Option(None, help="K. [default: the run's]"),
     query_shots: int = typer.Option(15, help="Queries per class."),
@@ -50,12 +53,13 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """Evaluate runs on episodes from classes never seen in meta-training."""
+    from metactl.config import PROTOCOLS
     from metactl.errors import MetactlError
 
     if episodes < 1:
         raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
-    if protocol is not None and protocol not in ("lake", "vinyals"):
-        raise MetactlError(f"--protocol {protocol}: unknown.", "Use lake or vinyals.")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise MetactlError(f"--protocol {protocol}: unknown.", f"Use one of: {', '.join(PROTOCOLS)}.")
     for target in (json_file, plot):
         if target is not None and target.exists() and not force:
             raise MetactlError(f"{target} already exists.", "Choose another file name, or pass --force to overwrite it.")
