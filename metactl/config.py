@@ -53,13 +53,15 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
     checkpoint_inner: bool = False  # recompute each inner step's activations in the backward pass (memory flat in inner steps)
     backbone: str | None = None  # a pretrained body: a Hugging Face folder (text) or a metactl run dir (images)
-    adapt: str = "all"  # what the inner loop adapts on a backbone: head | lora | all
+    adapt: str = "auto"  # what the inner loop adapts: head | lora | all; auto = head on a --backbone, all without one
     lora_rank: int = 8  # rank of the LoRA adapters (--adapt lora)
     train_body: bool = False  # let the outer loop update the pretrained body too (inner learning rate 0)
     max_length: int = 64  # text: tokens per example (longer texts are truncated; recorded)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
     def __post_init__(self) -> None:
+        if self.adapt == "auto":  # recorded resolved, so a run says what it adapted
+            object.__setattr__(self, "adapt", "head" if self.backbone else "all")
         problems = validate(dataclasses.asdict(self))
         if problems:
             raise MetactlError(
@@ -108,13 +110,13 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append(f"precision must be 'fp32' or 'bf16' (got {cfg.precision!r})")
     if cfg.protocol not in PROTOCOLS:
         p.append(f"protocol must be one of {', '.join(PROTOCOLS)} (got {cfg.protocol!r})")
-    if cfg.adapt not in ("head", "lora", "all"):
+    if cfg.adapt not in ("head", "lora", "all", "auto"):
         p.append(f"adapt must be 'head', 'lora' or 'all' (got {cfg.adapt!r})")
     if cfg.lora_rank < 1:
         p.append(f"lora-rank must be >= 1 (got {cfg.lora_rank})")
     if cfg.max_length < 2:
         p.append(f"max-length must be >= 2 tokens (got {cfg.max_length})")
-    if cfg.adapt != "all" and not cfg.backbone:
+    if cfg.adapt not in ("all", "auto") and not cfg.backbone:
         p.append(f"adapt {cfg.adapt!r} needs a pretrained body (--backbone)")
     if cfg.backbone is not None and not str(cfg.backbone).strip():
         p.append("backbone must be a folder path")
@@ -127,7 +129,6 @@ def validate(values: dict[str, Any]) -> list[str]:
     return p
 
 
-PROTOCOLS = ("lake", "vinyals", "domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64")
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default) for f in fields(TrainConfig)}
 

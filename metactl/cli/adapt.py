@@ -14,7 +14,11 @@ from metactl.cli.common import console, err_console, handle_errors
 
 @handle_errors
 def adapt(
-    support: Path = typer.Option(..., "--support", help="Folder with one subfolder of images per label."),
+    support: Path = typer.Option(
+        ...,
+        "--support",
+        help="Labeled examples: images: one subfolder per label; text: <label>/*.txt, <label>.txt (one per line) or FILE.csv|.tsv|.jsonl (text, label).",
+    ),
     from_: Path = typer.Option(None, "--from", help="Run dir. [default: newest under ./runs]"),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
     query: Path = typer.Option(None, "--query", help="Labeled folder to measure accuracy on."),

@@ -25,7 +25,7 @@ def meta_train(
         help="omniglot:DIR: lake | vinyals; intents:DIR: domains (CLINC150 by domain) | unseen-clinc150 | unseen-banking77 | unseen-hwu64. [default: lake]",
     ),
     backbone: str = typer.Option(None, help="Pretrained body: a local Hugging Face folder (text) or a metactl run dir (images)."),
-    adapt: str = typer.Option(None, help="What the inner loop adapts on a backbone: head | lora | all. [default: all]"),
+    adapt: str = typer.Option(None, help="What the inner loop adapts: head | lora | all. [default: head with --backbone, all without]"),
     lora_rank: int = typer.Option(None, help="Rank of the LoRA adapters (--adapt lora). [default: 8]"),
     train_body: bool = typer.Option(None, "--train-body/--no-train-body", help="Let the outer loop update the pretrained body too. [default: off]"),
     max_length: int = typer.Option(None, help="Text: tokens per example; longer texts are truncated. [default: 64]"),
