@@ -205,4 +205,4 @@ def test_probe_reaches_the_optimum_of_regularised_logistic_regression() -> None:
     loss = torch.nn.functional.cross_entropy(feats @ w.T + b, y) + w.pow(2).sum() / (2 * 0.5 * 15)
     gw, gb = torch.autograd.grad(loss, [w, b])
     assert float(gw.abs().max()) < 1e-6 and float(gb.abs().max()) < 1e-6
-    assert float(w.norm()) > 0.1  # not the zero start
+    assert float(w.detach().norm()) > 0.1  # not the zero start

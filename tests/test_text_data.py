@@ -151,7 +151,7 @@ def test_open_intents_with_minilm(intents_dir: Path, minilm_dir: Path) -> None:
         "backbone": str(minilm_dir.resolve()),
         "backbone_sha256": sha,
         "num_classes": 5,
-        "adapt": "all",
+        "adapt": "head",  # the default on a --backbone
         "lora_rank": 8,
         "train_body": False,
         "pooling": "mean",
