@@ -157,6 +157,44 @@ def check_instance(algo: Any) -> list[str]:
     return problems
 
 
+class EntryPointGroup:
+    """The entry points of one group (``metactl.models``, ``metactl.data``), looked up once per process.
+
+    ``unknown`` and ``installed`` word the error for a name nobody registered; ``what`` names the part in
+    the other errors. ``refresh()`` looks again (after a plugin was put on the path)."""
+
+    def __init__(self, group: str, what: str, unknown: str, installed: str) -> None:
+        self.group, self.what, self.unknown, self.installed = group, what, unknown, installed
+        self._found: dict[str, EntryPoint] | None = None
+
+    def entry_points(self) -> dict[str, EntryPoint]:
+        if self._found is None:
+            found: dict[str, EntryPoint] = {}
+            for ep in entry_points(group=self.group):
+                found.setdefault(ep.name, ep)
+            self._found = found
+        return self._found
+
+    def refresh(self) -> None:
+        self._found = None
+
+    def load(self, name: str) -> Any:
+        """The object registered as ``name``; a MetactlError when it is unknown or does not import."""
+        eps = self.entry_points()
+        if name not in eps:
+            raise MetactlError(self.unknown.format(name=name), f"{self.installed}: {', '.join(sorted(eps)) or '(none)'}.")
+        try:
+            return eps[name].load()
+        except ModuleNotFoundError as exc:  # an optional extra (e.g. [text]) not installed
+            raise MetactlError(
+                f"{self.what} {name!r} needs the {exc.name} package, which is not installed.", "Install the text extra: pip install 'metactl[text]'."
+            ) from None
+        except Exception as exc:  # a broken plugin must not crash with a traceback
+            raise MetactlError(
+                f"{self.what} {name!r} ({eps[name].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin."
+            ) from None
+
+
 def build_algorithm(name: str, options: dict[str, Any], train: Any) -> Any:
     """The algorithm ``name`` with its Config from ``options``, for the TrainConfig ``train``; checked
     against the contract once constructed (``config``, a valid ``inner_lr_shape``)."""

@@ -16,6 +16,7 @@ Usage (the run is the pretrained initialization: there is no meta-training)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +40,22 @@ def centroid_head(feats: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, T
     return 2 * centroids, -centroids.pow(2).sum(-1)
 
 
+def fitted_head_metrics(learner: Learner, batch: TaskBatch, fit: Callable[[Learner, Params, Inputs, Tensor], Params]) -> dict[str, float]:
+    """Mean query loss and metric when each task's head is ``fit`` on its support set at θ (no gradient):
+    what a baseline with nothing to meta-learn reports as its training metrics."""
+    loss = metric = 0.0
+    theta = {k: v.detach() for k, v in learner.params.items()}
+    for i in range(len(batch)):
+        sx, sy, qx, qy = batch.task(i)
+        phi = fit(learner, theta, sx, sy)
+        with torch.no_grad():
+            n = inputs_len(sx)
+            out = learner.head_forward(phi, learner.features(phi, cat_inputs([sx, qx]), ref=n)[n:])
+            loss += float(learner.loss(out, qy))
+            metric += learner.metric(out, qy)
+    return {"loss": loss / len(batch), "metric": metric / len(batch)}
+
+
 class NearestCentroid(AlgorithmBase):
     """Baseline: nearest class centroid on the body's features (no meta-training)."""
 
@@ -59,17 +76,7 @@ class NearestCentroid(AlgorithmBase):
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the centroid head (logged); no gradient: nothing is meta-learned."""
-        loss = metric = 0.0
-        theta = {k: v.detach() for k, v in learner.params.items()}
-        for i in range(len(batch)):
-            sx, sy, qx, qy = batch.task(i)
-            with torch.no_grad():
-                phi = self._head(learner, theta, sx, sy)
-                n = inputs_len(sx)
-                out = learner.head_forward(phi, learner.features(phi, cat_inputs([sx, qx]), ref=n)[n:])
-                loss += float(learner.loss(out, qy))
-                metric += learner.metric(out, qy)
-        return {"loss": loss / len(batch), "metric": metric / len(batch)}
+        return fitted_head_metrics(learner, batch, self._head)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ (step 0), then θ with the centroid head for every step 1..steps (it needs no iterations)."""

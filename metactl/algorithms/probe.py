@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len
+from metactl.algorithms.centroid import fitted_head_metrics
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, inputs_len
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,7 @@ class LinearProbe(AlgorithmBase):
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the fitted probe (logged); no gradient: nothing is meta-learned."""
-        loss = metric = 0.0
-        theta = {k: v.detach() for k, v in learner.params.items()}
-        for i in range(len(batch)):
-            sx, sy, qx, qy = batch.task(i)
-            phi = self._head(learner, theta, sx, sy)
-            with torch.no_grad():
-                n = inputs_len(sx)
-                out = learner.head_forward(phi, learner.features(phi, cat_inputs([sx, qx]), ref=n)[n:])
-                loss += float(learner.loss(out, qy))
-                metric += learner.metric(out, qy)
-        return {"loss": loss / len(batch), "metric": metric / len(batch)}
+        return fitted_head_metrics(learner, batch, self._head)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ (step 0), then θ with the fitted probe for every step 1..steps (L-BFGS runs to convergence once)."""

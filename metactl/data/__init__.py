@@ -8,52 +8,29 @@ else is a path, read by the ``folder`` source (a ``.csv``, ``.tsv`` or ``.jsonl`
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 from metactl.data.episodes import Sampler, split_classes
 from metactl.data.sources import RotatedPool, TaskData, TaskSource
-from metactl.errors import MetactlError
+from metactl.registry import EntryPointGroup
 
 GROUP = "metactl.data"
 TEXT_FILES = (".csv", ".tsv", ".jsonl")  # a bare path ending so is labeled text (the ``text`` source)
 
 
-@functools.cache
-def _registered() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
-    return found
-
-
-def refresh() -> None:
-    """Look the entry points up again (after installing a plugin into this process's path)."""
-    _registered.cache_clear()
+SOURCES = EntryPointGroup(GROUP, "Data source", "Unknown data source {name!r}.", "Installed sources")
+refresh = SOURCES.refresh
 
 
 def source(name: str) -> TaskSource:
-    eps = _registered()
-    if name not in eps:
-        raise MetactlError(f"Unknown data source {name!r}.", f"Installed sources: {', '.join(sorted(eps)) or '(none)'}.")
-    try:
-        return eps[name].load()()
-    except ModuleNotFoundError as exc:  # the text sources need the optional [text] extra
-        raise MetactlError(
-            f"Data source {name!r} needs the {exc.name} package, which is not installed.", "Install the text extra: pip install 'metactl[text]'."
-        ) from None
-    except Exception as exc:  # a broken plugin must not crash with a traceback
-        raise MetactlError(
-            f"Data source {name!r} ({eps[name].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin."
-        ) from None
+    return SOURCES.load(name)()
 
 
 def resolve(spec: str) -> tuple[TaskSource, str | None]:
     """The source ``spec`` names, and its argument."""
     kind, sep, rest = spec.partition(":")
-    names = _registered()
+    names = SOURCES.entry_points()
     if sep and kind in names:
         return source(kind), rest
     if not sep and spec in names:

@@ -8,8 +8,6 @@ kind of model they hold.
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +15,7 @@ from torch import Tensor, nn
 
 from metactl.api import Inputs, Params
 from metactl.errors import MetactlError
+from metactl.registry import EntryPointGroup
 
 GROUP = "metactl.models"
 
@@ -103,27 +102,12 @@ class ModelBase(nn.Module):
         raise MetactlError(f"{type(self).__name__} models cannot be exported to ONNX.", "Export a classification run's adapted model.")
 
 
-@functools.cache
-def _registered() -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
-    return found
-
-
-def refresh() -> None:
-    """Look the entry points up again (after installing a plugin into this process's path)."""
-    _registered.cache_clear()
+MODELS = EntryPointGroup(GROUP, "Model", "Unknown model kind {name!r} in the run's model spec.", "Installed models")
+refresh = MODELS.refresh
 
 
 def model_class(kind: str) -> Any:
-    eps = _registered()
-    if kind not in eps:
-        raise MetactlError(f"Unknown model kind {kind!r} in the run's model spec.", f"Installed models: {', '.join(sorted(eps)) or '(none)'}.")
-    try:
-        return eps[kind].load()
-    except Exception as exc:  # a broken plugin must not crash with a traceback
-        raise MetactlError(f"Model {kind!r} ({eps[kind].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin.") from None
+    return MODELS.load(kind)
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
