@@ -10,6 +10,7 @@ from metactl.algorithms.fomaml import FOMAML, FOMAMLConfig
 from metactl.algorithms.maml import MAML, MAMLConfig, maml_meta_gradient, msl_weights
 from metactl.algorithms.metasgd import MetaSGD, MetaSGDConfig
 from metactl.algorithms.pretrain import Pretrain, PretrainConfig
+from metactl.algorithms.protomaml import ProtoMAML, ProtoMAMLConfig
 from metactl.algorithms.reptile import Reptile, ReptileConfig
 from metactl.api import Learner, SetupInfo, TaskBatch
 from metactl.config import TrainConfig
@@ -206,3 +207,119 @@ def test_probe_reaches_the_optimum_of_regularised_logistic_regression() -> None:
     gw, gb = torch.autograd.grad(loss, [w, b])
     assert float(gw.abs().max()) < 1e-6 and float(gb.abs().max()) < 1e-6
     assert float(w.detach().norm()) > 0.1  # not the zero start
+
+
+# --- ProtoMAML ---------------------------------------------------------------------------------------
+
+
+def _protomaml(steps: int, first_order: bool = False) -> ProtoMAML:
+    return ProtoMAML(ProtoMAMLConfig(first_order=first_order), TrainConfig(inner_steps=steps))
+
+
+def test_protomaml_with_no_inner_step_predicts_with_the_nearest_centroid_head() -> None:
+    """Step 0 of adapt is θ with the nearest-centroid head of the support features (computed here independently)."""
+    from metactl.algorithms.centroid import centroid_head
+
+    learner, batch = fresh("conv")
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    trajectory = _protomaml(0).adapt(learner, sx, sy, 0)
+    assert len(trajectory) == 1
+    with torch.no_grad():
+        n = len(sx)
+        feats = learner.features(learner.params, torch.cat([sx, qx]), ref=n)
+        w, b = centroid_head(feats[:n], sy, 3)
+        expected = feats[n:] @ w.T + b
+        got = learner.predict_query(trajectory[0], sx, qx)
+        means = torch.stack([feats[:n][sy == c].mean(0) for c in range(3)])
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(got.argmax(-1), torch.cdist(feats[n:], means).argmin(-1))
+    body = [k for k in learner.params if k not in learner.head]
+    assert all(torch.equal(trajectory[0][k], learner.params[k].detach()) for k in body)
+
+
+def _protomaml_objective(learner: Learner, batch: TaskBatch, steps: int) -> float:
+    """(1/B) Σ L_query(ϕᵢ) with ϕ₀ = θ with the prototype head, as a plain number."""
+    from metactl.algorithms.protomaml import prototype_init
+    from metactl.inner import inner_loop
+
+    with torch.enable_grad():
+        total = 0.0
+        for i in range(len(batch)):
+            sx, sy = batch.support_x[i], batch.support_y[i]
+            phi = inner_loop(learner, prototype_init(learner, learner.params, sx, sy), sx, sy, steps, second_order=False)
+            total += float(learner.loss(learner.predict_query(phi, sx, batch.query_x[i]), batch.query_y[i]).detach())
+    return total / len(batch)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_protomaml_second_order_meta_gradient_matches_finite_differences(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.test_maml as tm
+
+    monkeypatch.setattr(tm, "objective", _protomaml_objective)  # the finite-difference helper of test_maml, on ProtoMAML's objective
+    learner, batch = fresh("conv")
+    _protomaml(steps).meta_gradient(learner, batch)
+    fd_theta = tm.finite_difference(learner, batch, steps, learner.params)
+    fd_alpha = tm.finite_difference(learner, batch, steps, learner.inner_lr)
+    for name, p in learner.params.items():
+        if name in learner.head:  # replaced by the prototype head: no gradient, and the objective does not depend on it
+            assert p.grad is None and float(fd_theta[name].abs().max()) < 1e-8
+            continue
+        torch.testing.assert_close(p.grad, fd_theta[name], rtol=1e-5, atol=1e-7, msg=f"θ {name}")
+    for name, a in learner.inner_lr.items():
+        torch.testing.assert_close(a.grad, fd_alpha[name], rtol=1e-5, atol=1e-7, msg=f"α {name}")
+        assert float(a.grad.abs()) > 0, f"α {name} got no gradient"
+
+
+def test_protomaml_first_order_is_the_query_gradient_at_phi_pulled_back_through_the_prototypes() -> None:
+    """first_order: constant inner gradients, prototypes still differentiated:
+    ∇θ_body = ∂L/∂ϕ_body + (∂(w, b)/∂θ_body)ᵀ ∂L/∂ϕ_head,  ∇α = −Σₖ ⟨∂L/∂ϕ, gₖ⟩."""
+    from metactl.algorithms.centroid import centroid_head
+
+    learner, batch = fresh("conv")
+    _protomaml(2, first_order=True).meta_gradient(learner, batch)
+    body = [k for k in learner.params if k not in learner.head]
+    expected = {k: torch.zeros_like(learner.params[k]) for k in body}
+    expected_alpha = {k: torch.zeros_like(v) for k, v in learner.inner_lr.items()}
+    for i in range(len(batch)):
+        sx, sy = batch.support_x[i], batch.support_y[i]
+        theta = {k: v.detach().requires_grad_(True) for k, v in learner.params.items()}
+        w, b = centroid_head(learner.features(theta, sx, ref=len(sx)), sy, 3)
+        phi = {**{k: theta[k].detach() for k in body}, "head.weight": w.detach(), "head.bias": b.detach()}
+        phi = {k: v.requires_grad_(True) for k, v in phi.items()}
+        support_grads = []
+        for _ in range(2):  # explicit first-order inner loop
+            g = torch.autograd.grad(learner.loss(learner.forward(phi, sx), sy), list(phi.values()))
+            support_grads.append(dict(zip(phi, g, strict=True)))
+            phi = {k: (v - learner.inner_lr[k].detach() * gk).detach().requires_grad_(True) for (k, v), gk in zip(phi.items(), g, strict=True)}
+        q = learner.loss(learner.predict_query(phi, sx, batch.query_x[i]), batch.query_y[i])
+        gq = dict(zip(phi, torch.autograd.grad(q, list(phi.values())), strict=True))
+        through_prototypes = torch.autograd.grad([w, b], [theta[k] for k in body], grad_outputs=[gq["head.weight"], gq["head.bias"]])
+        for k, gp in zip(body, through_prototypes, strict=True):
+            expected[k] += (gq[k] + gp) / len(batch)
+        for k in expected_alpha:
+            expected_alpha[k] += -(gq[k] * (support_grads[0][k] + support_grads[1][k])).sum() / len(batch)
+    for k in body:
+        torch.testing.assert_close(learner.params[k].grad, expected[k], rtol=1e-10, atol=1e-12, msg=f"θ {k}")
+    for k, a in learner.inner_lr.items():
+        torch.testing.assert_close(a.grad, expected_alpha[k], rtol=1e-10, atol=1e-12, msg=f"α {k}")
+    assert all(learner.params[k].grad is None for k in learner.head)
+    # the pull-back through the prototypes is not zero: cutting it would change the body's gradient
+    assert any(float(gp.abs().max()) > 1e-6 for gp in through_prototypes)
+
+
+def test_protomaml_refuses_regression() -> None:
+    from metactl.errors import MetactlError
+
+    with pytest.raises(MetactlError, match="classification"):
+        _protomaml(1).setup(tiny_learner("mlp"), SetupInfo())
+
+
+def test_protomaml_on_a_frozen_body_meta_learns_alpha_only() -> None:
+    """--adapt head: θ is the head alone, the prototypes are constants; the inner loop still runs from them."""
+    learner, batch = fresh("conv")
+    body = {k: v.detach() for k, v in learner.params.items() if k not in learner.head}
+    head_only = learner.replace(params={k: learner.params[k] for k in learner.head}, inner_lr={k: learner.inner_lr[k] for k in learner.head}, frozen=body)
+    metrics = _protomaml(2).meta_gradient(head_only, batch)
+    assert metrics["loss"] > 0
+    assert all(p.grad is None for p in head_only.params.values())
+    assert all(a.grad is not None and float(a.grad.abs()) > 0 for a in head_only.inner_lr.values())

@@ -135,7 +135,7 @@ def test_time_budget_stops_cleanly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--algo", "nope"], "Installed algorithms: anil, centroid, fomaml, imaml, maml, metasgd, pretrain, probe"),
+        (["--algo", "nope"], "Installed algorithms: anil, centroid, fomaml, imaml, maml, metasgd, pretrain, probe, protomaml"),
         (["--ways", "1"], "ways must be >= 2"),
         (["--data", "/no/such/dir"], "no such folder or file"),
         (["--config", "/no/such.toml"], "Config file not found"),

@@ -16,7 +16,7 @@ from metactl.errors import MetactlError
 from metactl.registry import ENV, available_names, list_algorithms, load_algorithm
 from metactl.testing import check_algorithm, register_plugin
 
-BUILTINS = {"anil", "centroid", "fomaml", "imaml", "maml", "metasgd", "pretrain", "probe", "reptile"}
+BUILTINS = {"anil", "centroid", "fomaml", "imaml", "maml", "metasgd", "pretrain", "probe", "protomaml", "reptile"}
 
 PLUGINS = '''"""Plugins for tests/test_registry.py."""
 from dataclasses import dataclass
