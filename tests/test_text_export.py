@@ -111,8 +111,8 @@ class _EntryPoint:
 
 
 def _register(mp: pytest.MonkeyPatch, cls: type = TinyText) -> None:
-    real = metactl.models._registered()
-    mp.setattr(metactl.models, "_registered", lambda: {**real, "tiny-text": _EntryPoint(cls)})
+    real = metactl.models.MODELS.entry_points()
+    mp.setattr(metactl.models.MODELS, "_found", {**real, "tiny-text": _EntryPoint(cls)})
 
 
 def _write_lines(root: Path, examples: dict[str, list[str]]) -> Path:
