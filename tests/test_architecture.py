@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "metactl"
 
 LAYERS: list[tuple[str, ...]] = [
     ("metactl", "metactl.errors"),
-    ("metactl.config", "metactl.registry", "metactl.distributed", "metactl.launch"),
+    ("metactl.config", "metactl.registry", "metactl.distributed", "metactl.launch", "metactl.backbones"),
     ("metactl.api", "metactl.perf"),
     ("metactl.inner", "metactl.data", "metactl.models"),
     ("metactl.algorithms", "metactl.runs", "metactl.runtime"),

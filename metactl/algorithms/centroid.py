@@ -40,6 +40,15 @@ def centroid_head(feats: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, T
     return 2 * centroids, -centroids.pow(2).sum(-1)
 
 
+def fitted_head(learner: Learner, params: Params, x: Inputs, y: Tensor, fit: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]) -> Params:
+    """``params`` with the head ``fit(features, labels, num_classes)`` gives on the support set (x, y)
+    at ``params`` (features without a graph: a closed-form head, nothing differentiated through it)."""
+    w_name, b_name = learner.head
+    with torch.no_grad():
+        w, b = fit(learner.features(params, x, ref=inputs_len(x)), y, params[w_name].shape[0])
+    return {**params, w_name: w.to(params[w_name].dtype), b_name: b.to(params[b_name].dtype)}
+
+
 def fitted_head_metrics(learner: Learner, batch: TaskBatch, fit: Callable[[Learner, Params, Inputs, Tensor], Params]) -> dict[str, float]:
     """Mean query loss and metric when each task's head is ``fit`` on its support set at θ (no gradient):
     what a baseline with nothing to meta-learn reports as its training metrics."""
@@ -69,10 +78,7 @@ class NearestCentroid(AlgorithmBase):
         super().__init__(config, train)
 
     def _head(self, learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-        with torch.no_grad():
-            feats = learner.features(params, x, ref=inputs_len(x))
-            w, b = centroid_head(feats, y, params[learner.head[0]].shape[0])
-        return {**params, learner.head[0]: w.to(params[learner.head[0]].dtype), learner.head[1]: b.to(params[learner.head[1]].dtype)}
+        return fitted_head(learner, params, x, y, centroid_head)
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the centroid head (logged); no gradient: nothing is meta-learned."""

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.algorithms.centroid import fitted_head_metrics
-from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, inputs_len
+from metactl.algorithms.centroid import fitted_head, fitted_head_metrics
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,7 @@ class LinearProbe(AlgorithmBase):
         super().__init__(config, train)
 
     def _head(self, learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-        w_name, b_name = learner.head
-        with torch.no_grad():
-            feats = learner.features(params, x, ref=inputs_len(x))
-        w, b = fit_logistic(feats, y, params[w_name].shape[0], self.config.c, self.config.max_iter)
-        return {**params, w_name: w.to(params[w_name].dtype), b_name: b.to(params[b_name].dtype)}
+        return fitted_head(learner, params, x, y, lambda f, t, n: fit_logistic(f, t, n, self.config.c, self.config.max_iter))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the fitted probe (logged); no gradient: nothing is meta-learned."""

@@ -43,7 +43,6 @@ per file) or ``<label>.txt`` (one text per non-empty line). Labels split into tr
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable
@@ -53,6 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer
 
+from metactl.backbones import backbone_pooling, run_model_spec, weights_sha256
 from metactl.data.episodes import EpisodeBatch, split_classes
 from metactl.data.sources import TaskData
 from metactl.errors import MetactlError
@@ -321,21 +321,12 @@ def _backbone_dir(backbone: str | None, spec: str) -> Path:
     return path.resolve()
 
 
-def _run_model(folder: Path) -> dict[str, Any]:
-    """The model spec of a metactl run dir used as a backbone ({} for a Hugging Face folder)."""
-    meta = folder / "metactl.json"
-    if not meta.is_file():
-        return {}
-    model = _json(meta).get("model", {})
-    return model if isinstance(model, dict) else {}
-
-
 def tokenizer_file(backbone: str | None, spec: str) -> Path:
     """``tokenizer.json`` of ``--backbone DIR`` (a metactl run dir: that of the backbone it records)."""
     folder = _backbone_dir(backbone, spec)
     if (folder / "tokenizer.json").is_file():
         return folder / "tokenizer.json"
-    recorded = _run_model(folder).get("backbone")
+    recorded = run_model_spec(folder).get("backbone")
     if recorded and (Path(recorded) / "tokenizer.json").is_file():
         return Path(recorded).resolve() / "tokenizer.json"
     raise MetactlError(
@@ -382,50 +373,12 @@ def tokenize(tokenizer: Tokenizer, texts: Iterable[str], max_length: int) -> Arr
     return pad(_encode(tokenizer, list(texts), max_length)[0])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def backbone_weights(folder: Path) -> Path:
     """The weights file a backbone folder is identified by (``model.safetensors``; a run: ``theta.safetensors``)."""
     for name in ("model.safetensors", "theta.safetensors"):
         if (folder / name).is_file():
             return folder / name
     raise MetactlError(f"--backbone {folder}: no model.safetensors in that folder.", "Use a Hugging Face folder saved with safetensors weights (never pickle).")
-
-
-def backbone_pooling(folder: Path) -> dict[str, Any]:
-    """How a sentence-transformers folder pools token states: ``{"pooling": "mean"|"cls"|"max", "normalize": bool}``
-    from ``modules.json`` and the pooling module's ``config.json`` (``1_Pooling/`` by default). A plain
-    Hugging Face folder: mean pooling, no normalization. A metactl run: what its model spec records."""
-    model = _run_model(folder)
-    if "pooling" in model:
-        return {"pooling": model["pooling"], "normalize": bool(model.get("normalize", False))}
-    pooling_dir, normalize = folder / "1_Pooling", False
-    if (folder / "modules.json").is_file():
-        modules = _json(folder / "modules.json")
-        for m in modules if isinstance(modules, list) else []:
-            kind = str(m.get("type", ""))
-            if kind.endswith(".Pooling"):
-                pooling_dir = folder / str(m.get("path", "1_Pooling"))
-            elif kind.endswith(".Normalize"):
-                normalize = True
-    config = pooling_dir / "config.json"
-    if not config.is_file():
-        return {"pooling": "mean", "normalize": normalize}
-    cfg = _json(config)
-    mode = cfg.get("pooling_mode")
-    if mode is None:
-        on = [k.removeprefix("pooling_mode_") for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
-        mode = on[0] if len(on) == 1 else ("mean_tokens" if not on else "+".join(on))
-    mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(str(mode), str(mode))
-    if mode not in ("mean", "cls", "max"):
-        raise MetactlError(f"{config}: pooling {mode!r} is not supported.", "metactl pools by mean, cls or max.")
-    return {"pooling": mode, "normalize": normalize}
 
 
 def text_preprocessing(tokenizer: Path, max_length: int) -> dict[str, Any]:
@@ -439,7 +392,7 @@ def text_model_spec(cfg: Any) -> dict[str, Any]:
     return {
         "kind": "text-classifier",
         "backbone": str(folder),
-        "backbone_sha256": _sha256(backbone_weights(folder)),
+        "backbone_sha256": weights_sha256(backbone_weights(folder)),
         "num_classes": cfg.ways,
         "adapt": cfg.adapt,
         "lora_rank": cfg.lora_rank,

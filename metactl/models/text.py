@@ -23,8 +23,6 @@ double backward), which is what this module loads.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +39,7 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 from metactl.api import Params
+from metactl.backbones import backbone_pooling, weights_sha256
 from metactl.errors import MetactlError
 from metactl.models import ModelBase
 
@@ -51,20 +50,9 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\..*\.(query|key|value|dense)$"  # every a
 ADAPT_MODES = ("head", "lora", "all")
 
 
-@functools.cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def backbone_sha256(folder: Path) -> str:
-    """sha256 of the folder's weights file (cached per path, size and modification time)."""
-    path = folder / WEIGHTS
-    st = path.stat()
-    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    """sha256 of the folder's weights file (once per file and process)."""
+    return weights_sha256(folder / WEIGHTS)
 
 
 def is_backbone_folder(folder: Path) -> bool:
@@ -81,26 +69,11 @@ def describe_backbone(folder: Path) -> dict[str, Any]:
             f"--backbone {folder}: not a pretrained model folder (config.json and {WEIGHTS} are needed).",
             "Pass a local Hugging Face / sentence-transformers folder, e.g. one saved with save_pretrained().",
         )
-    pooling, normalize = "mean", False
-    modules = folder / "modules.json"
-    pool_dir = folder / "1_Pooling"
     try:
-        if modules.is_file():
-            entries = json.loads(modules.read_text(encoding="utf-8"))
-            normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
-            pool_dir = next((folder / e["path"] for e in entries if str(e.get("type", "")).endswith("Pooling")), pool_dir)
-        if (pool_dir / "config.json").is_file():
-            cfg = json.loads((pool_dir / "config.json").read_text(encoding="utf-8"))
-            modes = [
-                m for m, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"), ("mean", "pooling_mode_mean_tokens")) if cfg.get(key)
-            ]
-            if len(modes) > 1:
-                raise MetactlError(f"{pool_dir / 'config.json'}: several pooling modes at once ({', '.join(modes)}).", "Use a folder with one pooling mode.")
-            pooling = modes[0] if modes else "mean"
         hidden = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MetactlError(f"--backbone {folder}: cannot read its configuration ({exc}).", "Use an intact pretrained folder.") from None
-    return {"pooling": pooling, "normalize": normalize, "hidden": hidden, "tokenizer": (folder / "tokenizer.json").is_file()}
+    return {**backbone_pooling(folder), "hidden": hidden, "tokenizer": (folder / "tokenizer.json").is_file()}
 
 
 def text_model_spec(backbone: Path, num_classes: int, adapt: str, lora_rank: int, train_body: bool, max_length: int) -> dict[str, Any]:
