@@ -39,6 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peak memory measured as algorithms.py does
+from algorithms import _rss_kb
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 CONFIGS = {  # name -> (--adapt, features precomputed, first order)
@@ -49,14 +52,6 @@ CONFIGS = {  # name -> (--adapt, features precomputed, first order)
 }
 WAYS, SHOTS, QUERIES, META_BATCH, INNER_STEPS = 5, 5, 15, 4, 1
 ADAPT_STEPS, SUPPORT_LABELS, SUPPORT_SHOTS, QUERY_SHOTS = 5, 10, 5, 10
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 def _reset_peak() -> None:
