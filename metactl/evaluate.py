@@ -14,6 +14,7 @@ from metactl.config import TrainConfig
 from metactl.data import held_out_sampler
 from metactl.data.episodes import Sampler, episode_rng
 from metactl.data.tensors import to_batch
+from metactl.errors import MetactlError
 from metactl.perf import check_device, tune_malloc
 from metactl.registry import build_algorithm
 
@@ -83,9 +84,17 @@ def evaluate_runs(
     seed: int = 0,
     device: str = "cpu",
     protocol: str | None = None,
+    split: str = "test",
+    inner_lr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Adaptation curves of several runs on the same held-out episodes."""
+    """Adaptation curves of several runs on the same held-out episodes.
+
+    ``split="val"`` scores on each run's validation classes instead of its test classes;
+    ``inner_lr`` replaces the run's (learned or fixed) inner learning rates by one rate for every
+    adapted tensor: fine-tuning at a chosen rate, e.g. the best of a grid on ``split="val"``."""
     check_device(device)
+    if inner_lr is not None and not inner_lr > 0:
+        raise MetactlError(f"--inner-lr must be > 0 (got {inner_lr}).", "Pass a positive learning rate.")
     tune_malloc()
     results = []
     for run in run_dirs:
@@ -93,10 +102,12 @@ def evaluate_runs(
         cfg = TrainConfig(**meta["config"])
         algo = algorithm_of_run(meta, cfg)
         k = steps if steps is not None else cfg.test_inner_steps
-        sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol)
+        sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol, split)
         n = getattr(sampler, "ways", ways or cfg.ways)
         if learner.task == "classification" and n != cfg.ways:
             learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
+        if inner_lr is not None:
+            learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
         if learner.model.features_fixed() and hasattr(sampler, "precompute"):
             sampler.precompute(feature_fn(learner, device))
         count = len(sampler) if hasattr(sampler, "episodes") else episodes
@@ -108,6 +119,8 @@ def evaluate_runs(
                 "metric": "accuracy" if learner.task == "classification" else "mse",
                 "ways": n if learner.task == "classification" else None,
                 "episodes": count,
+                "split": split,
+                "inner_lr": inner_lr,
                 "head": "meta-learned" if learner.task != "classification" or n == cfg.ways else "zero-initialised",
                 "steps": summarise(values),
             }

@@ -119,6 +119,51 @@ def test_meta_train_and_evaluate_on_the_protocols_test_characters(tmp_path: Path
     assert out["runs"][0]["algorithm"] == "maml" and [s["step"] for s in out["runs"][0]["steps"]] == [0, 1]
 
 
+def test_split_val_scores_the_runs_validation_characters(tmp_path: Path) -> None:
+    from metactl.data import held_out_sampler
+    from metactl.errors import MetactlError
+
+    root = fake_omniglot(tmp_path / "omni", drawings=5)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["meta-train", "--data", f"omniglot:{root}", "--protocol", "vinyals", *TINY, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "metactl.json").read_text())
+    assert _ids(held_out_sampler(meta, None, 3, 1, 2, split="val").pool) == [27, 28, 29]  # Vinyals validation: Armenian
+    assert _ids(held_out_sampler(meta, None, 3, 1, 2).pool) == [1201, 1202, 1203, 1204]
+    with pytest.raises(MetactlError, match="own data"):
+        held_out_sampler(meta, "glyphs", 3, 1, 2, split="val")
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--split", "train", "--episodes", "2"])
+    assert result.exit_code == 1 and "--split train: unknown" in result.output
+
+
+def test_inner_lr_fine_tunes_at_one_rate_for_every_tensor(tmp_path: Path) -> None:
+    """``--inner-lr`` = the same run with every stored α replaced by that rate (written by hand here)."""
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["meta-train", *TINY, "--learn-inner-lr", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    theta = load_file(str(run / "theta.safetensors"))
+    assert any(k.startswith("inner_lr.") for k in theta)
+    save_file({k: (np.full_like(v, 0.03) if k.startswith("inner_lr.") else v) for k, v in theta.items()}, str(copy / "theta.safetensors"))
+    args = ["--episodes", "8", "--steps", "3", "--shots", "2", "--query-shots", "4"]
+    curves = {}
+    for name, rd, extra in (("flag", run, ["--inner-lr", "0.03"]), ("by hand", copy, []), ("own", run, [])):
+        js = tmp_path / f"{name}.json"
+        result = runner.invoke(app, ["evaluate", "--from", str(rd), *args, *extra, "--json", str(js)])
+        assert result.exit_code == 0, result.output
+        curves[name] = [s["mean"] for s in json.loads(js.read_text())["runs"][0]["steps"]]
+    assert curves["flag"] == pytest.approx(curves["by hand"], abs=1e-9)
+    assert curves["flag"] != pytest.approx(curves["own"], abs=1e-9)  # the run's own α is not 0.03
+    result = runner.invoke(app, ["evaluate", "--from", str(run), "--inner-lr", "-1", "--episodes", "2"])
+    assert result.exit_code == 1 and "--inner-lr must be > 0" in result.output
+
+
 def test_oneshot_runs_reader(tmp_path: Path) -> None:
     _, labels = fake_oneshot(tmp_path / "all_runs.zip")
     runs = omniglot.oneshot_runs(tmp_path, default_preprocessing(28, True))  # the folder holding it works too

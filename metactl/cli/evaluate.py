@@ -47,6 +47,8 @@ def evaluate(
     episodes: int = typer.Option(600, help="Episodes (the same for every run)."),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
     seed: int = typer.Option(0, help="Episode seed."),
+    split: str = typer.Option("test", help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
+    inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     json_file: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     plot: Path = typer.Option(None, "--plot", help="Write the adaptation curves as a PNG (needs the plot extra)."),
@@ -56,6 +58,8 @@ def evaluate(
     from metactl.config import PROTOCOLS
     from metactl.errors import MetactlError
 
+    if split not in ("test", "val"):
+        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
     if episodes < 1:
         raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
     if protocol is not None and protocol not in PROTOCOLS:
@@ -77,7 +81,7 @@ def evaluate(
     for i, run in enumerate(run_dirs):  # every run readable before minutes are spent on the first
         _check_run_dir(run, positional=i >= len(named) and bool(more))
     with console.status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes"):
-        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol)
+        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr)
     first = results[0]
     setting = f"{first['ways']}-way, " if first.get("ways") else ""
     metric = "accuracy (%)" if first["metric"] == "accuracy" else first["metric"].upper()
@@ -99,7 +103,9 @@ def evaluate(
         if r.get("head") == "zero-initialised":
             console.print(f"[dim]{escape(Path(r['run']).name)}: trained with another N, so its head starts at zero (as metactl adapt does).[/]")
     if json_file:
-        atomic_write_json(json_file, {"episodes": first["episodes"], "seed": seed, "data": data, "protocol": protocol, "runs": results})
+        atomic_write_json(
+            json_file, {"episodes": first["episodes"], "seed": seed, "data": data, "protocol": protocol, "split": split, "inner_lr": inner_lr, "runs": results}
+        )
         console.print(f"Results written to [bold]{escape(str(json_file))}[/]")
     if plot:
         from metactl.plot import plot_curves

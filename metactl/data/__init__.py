@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from metactl.config import TrainConfig
 from metactl.data.episodes import Sampler, split_classes
 from metactl.data.sources import RotatedPool, TaskData, TaskSource
+from metactl.errors import MetactlError
 from metactl.registry import EntryPointGroup
 
 GROUP = "metactl.data"
@@ -48,9 +50,18 @@ def open_data(cfg: Any, progress: Callable[[int, int], None] | None = None) -> T
     return src.open(cfg, arg, progress)
 
 
-def held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None) -> Sampler:
+def held_out_sampler(
+    meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None, split: str = "test"
+) -> Sampler:
     """Episodes from classes the run never trained on: ``data`` (all its classes, or a protocol's
-    test classes) or, without ``data``, the held-out classes of the run's own data."""
+    test classes) or, without ``data``, the held-out classes of the run's own data.
+
+    ``split="val"``: the run's own validation classes instead (the ones meta-training validated
+    on), for choosing a setting such as a fine-tuning learning rate without touching the test classes."""
+    if split == "val":
+        return validation_sampler(meta, data, ways, shots, queries, protocol)
+    if split != "test":
+        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
     if data is not None:
         src, arg = resolve(data)
         return src.held_out(meta, arg, ways, shots, queries, protocol)
@@ -64,4 +75,20 @@ def held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: i
     return src.held_out(meta, recorded.get("path") if src.takes_argument else None, ways, shots, queries, protocol)
 
 
-__all__ = ["GROUP", "RotatedPool", "TaskData", "held_out_sampler", "open_data", "resolve", "source", "split_classes"]
+def validation_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> Sampler:
+    """The validation classes of the run's own data and protocol, as meta-training split them."""
+    if meta.get("task") == "regression":
+        raise MetactlError("--split val: a regression run has no validation classes.", "Leave --split at test.")
+    recorded = dict(meta.get("config", {}))
+    if data is not None and data != recorded.get("data"):
+        raise MetactlError(f"--split val reads the run's own data ({recorded.get('data')}), not --data {data}.", "Drop --data, or use --split test.")
+    if protocol is not None and protocol != recorded.get("protocol"):
+        raise MetactlError(f"--split val uses the run's protocol ({recorded.get('protocol')}), not --protocol {protocol}.", "Drop --protocol.")
+    cfg = TrainConfig(**{**recorded, "ways": ways, "shots": shots, "query_shots": queries})
+    val = open_data(cfg).val
+    if val is None:
+        raise MetactlError(f"--split val: the run's data ({recorded.get('data')}) has no validation classes.", "Use --split test.")
+    return val
+
+
+__all__ = ["GROUP", "RotatedPool", "TaskData", "held_out_sampler", "open_data", "resolve", "source", "split_classes", "validation_sampler"]
