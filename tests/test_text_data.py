@@ -221,6 +221,19 @@ def test_intents_errors(tmp_path: Path, backbone: Path, intents_dir: Path) -> No
         )
 
 
+def test_a_clinc150_release_missing_a_listed_intent_is_one_clear_error(tmp_path: Path, intents_dir: Path) -> None:
+    """domains.json and data_full.json from different releases: a MetactlError naming file and intent, not a KeyError."""
+    clinc = tmp_path / "clinc150"
+    clinc.mkdir()
+    (clinc / "domains.json").write_bytes((intents_dir / "clinc150" / "domains.json").read_bytes())
+    data = json.loads((intents_dir / "clinc150" / "data_full.json").read_text())
+    gone = json.loads((clinc / "domains.json").read_text())[TEST_DOMAINS[0]][0]
+    data["test"] = [pair for pair in data["test"] if pair[1] != gone]
+    (clinc / "data_full.json").write_text(json.dumps(data))
+    with pytest.raises(MetactlError, match=rf"data_full\.json: no test examples of intent {gone}, which domains\.json lists"):
+        protocol_texts({"clinc150": clinc}, "domains")
+
+
 def test_config_accepts_the_intents_protocols_and_text_fields() -> None:
     for p in ("domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64", "lake", "vinyals"):
         assert TrainConfig(protocol=p).protocol == p

@@ -281,6 +281,13 @@ def protocol_texts(found: dict[str, Path], protocol: str | None, val_fraction: f
         clinc, domains = load_clinc150(found["clinc150"]), clinc150_domains(found["clinc150"])
 
         def part(names: tuple[str, ...], split: str) -> Texts:
+            missing = [i for d in names for i in domains[d] if i not in clinc[split]]
+            if missing:
+                raise MetactlError(
+                    f"{found['clinc150'] / 'data_full.json'}: no {split} examples of intent {', '.join(missing[:3])}"
+                    f"{' …' if len(missing) > 3 else ''}, which domains.json lists.",
+                    "Restore both files from the dataset's source (they must be the same release).",
+                )
             return {i: clinc[split][i] for d in names for i in domains[d]}
 
         return {"train": part(TRAIN_DOMAINS, "train"), "val": part(VAL_DOMAINS, "train"), "test": part(TEST_DOMAINS, "test")}
