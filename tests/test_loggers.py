@@ -30,11 +30,14 @@ def _records(run: Path) -> list[dict[str, Any]]:
 
 
 def _expected(run: Path) -> dict[str, dict[int, float]]:
-    """metrics.jsonl as tag -> {step: value}, named as the loggers name them."""
+    """metrics.jsonl as tag -> {step: value}, under the names the loggers document (spelled out here)."""
     out: dict[str, dict[int, float]] = {}
     for rec in _records(run):
-        for tag, value in scalars(rec, "classification").items():
-            out.setdefault(tag, {})[rec["step"]] = value
+        step = rec["step"]
+        values = {"train/loss": rec["loss"], "train/accuracy": rec["train_metric"], "time/step_seconds": rec["seconds"], "time/elapsed_seconds": rec["elapsed"]}
+        values.update({f"val/accuracy_step_{k}": v for k, v in enumerate(rec.get("val", []))})
+        for tag, value in values.items():
+            out.setdefault(tag, {})[step] = value
     return out
 
 
