@@ -94,8 +94,9 @@ def meta_train(
     result = run_meta_train(
         config, out=out, resume=resume, force=force, log_to=log_to or [], nproc=nproc, quiet=json_out or quiet, command=command_line(), **flags
     )
-    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ and not json_out:
-        console.print(f"{nproc} workers finished. Run written to [bold]{escape(str(result.path))}[/]")
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # the workers reported; rank 0 printed the summary
+        if not json_out:
+            console.print(f"{nproc} workers finished. Run written to [bold]{escape(str(result.path))}[/]")
         return
     metric_name = "mse" if result.config.get("data") == "sinusoid" else "acc"
     if quiet:
