@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from metactl import __version__, runs
+from metactl import __version__, callable_module, runs
 from metactl.api import Inputs, Params, map_inputs
 from metactl.config import TrainConfig
 from metactl.data.labeled import LabeledExamples, kind_of, read_support
@@ -103,8 +103,10 @@ def adapt(
     out: Path = Path("adapted"),
     force: bool = False,
     device: str = "cpu",
+    command: str | None = None,
 ) -> AdaptResult:
-    """Adapt on ``device`` (the inner loop); the adapted model is built, checked and saved on the CPU."""
+    """Adapt on ``device`` (the inner loop); the adapted model is built, checked and saved on the CPU.
+    ``command``: the command line (or Python call) that asked for it, recorded for the model card."""
     t0 = time.perf_counter()
     runs.ensure_out_free(out, force)  # fail before any work
     check_device(device)
@@ -165,8 +167,11 @@ def adapt(
         "support_accuracy": support_acc,
         "query_accuracy": query_acc,
         "query": None if qdata is None else {"folder": str(query.resolve()), unit: len(qdata)},  # type: ignore[union-attr]
+        "query_per_class": per_class,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
+    if command:
+        info["command"] = command
     blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})
     files = {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()}
     files.update(model.adapted_assets() if hasattr(model, "adapted_assets") else {})  # e.g. the LoRA as a PEFT adapter folder
@@ -181,3 +186,6 @@ def load_adapted(path: Path) -> tuple[dict[str, Any], nn.Module]:
     runs.require(meta, ("model", "labels", "preprocessing"), path)
     tensors = runs.load_tensors(path / MODEL)
     return meta, deployable(meta["model"], tensors)
+
+
+callable_module(__name__, "adapt")  # metactl.adapt(...) is the Python API's adapt (metactl.library.adapt)

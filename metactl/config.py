@@ -167,6 +167,13 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 
 def _check(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    out, problems = check_types(raw)
+    return out, problems + validate(out)
+
+
+def check_types(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Keys normalised (dashes -> underscores) and checked for name and type, not yet for value:
+    (the values, every problem)."""
     out: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():
@@ -182,7 +189,7 @@ def _check(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"{key} must be {types[0].__name__}, got {type(value).__name__} {value!r}")
             continue
         out[name] = float(value) if float in types and not isinstance(value, bool) else value
-    return out, problems + validate(out)
+    return out, problems
 
 
 def check_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:

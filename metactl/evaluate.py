@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metactl import runs
+from metactl import callable_module, runs
 from metactl.api import Learner
 from metactl.config import TrainConfig
 from metactl.data import held_out_sampler
@@ -126,3 +126,6 @@ def evaluate_runs(
             }
         )
     return results
+
+
+callable_module(__name__, "evaluate")  # metactl.evaluate(...) is the Python API's evaluate (metactl.library.evaluate)

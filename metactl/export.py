@@ -41,7 +41,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from safetensors.torch import save
 
-from metactl import __version__, runs
+from metactl import __version__, callable_module, card, runs
 from metactl.adapt import MODEL, load_adapted
 from metactl.data.labeled import Examples, kind_of, read_support
 from metactl.errors import MetactlError
@@ -218,7 +218,19 @@ def _text_assets(model: Any, labels: list[str], prep: dict[str, Any]) -> dict[st
     return assets
 
 
-def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False) -> ExportResult:
+def _source_run_meta(adapted: dict[str, Any]) -> dict[str, Any] | None:
+    """The meta-trained run's ``metactl.json`` for the card, or None when it is gone or unreadable."""
+    try:
+        return runs.read_meta(Path(adapted["source_run"]))
+    except (KeyError, TypeError, MetactlError):
+        return None
+
+
+def export(
+    source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False, command: str | None = None
+) -> ExportResult:
+    """Export the adapted folder ``source`` to ``out`` (model.onnx, model.safetensors, metactl.json, the model
+    card README.md, and the text files); ``command`` (what asked for it) is recorded in the card."""
 
     if quantize not in (None, "int8"):
         raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")
@@ -334,9 +346,15 @@ def export(source: Path = Path("adapted"), out: Path = Path("export"), quantize:
         "source_adapted": str(source.resolve()),
         "source_run": meta.get("source_run"),
     }
+    if command:
+        info["command"] = command
     files[runs.META] = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
+    files[card.CARD] = card.render(meta, _source_run_meta(meta), info, out.name, sorted([*files, card.CARD])).encode()
     runs.write_dir_atomically(out, force, files)
     return ExportResult(out, diff, agreement, OPSET, sorted(files), padding)
 
 
 __all__ = ["ExportResult", "export"]
+
+
+callable_module(__name__, "export")  # metactl.export(...) is the Python API's export (metactl.library.export)

@@ -35,7 +35,7 @@ def to_toml(values: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(tables)
 
 
-def launch_local(cfg: Any, nproc: int, out: Path, force: bool, resume: bool, json_out: bool) -> None:
+def launch_local(cfg: Any, nproc: int, out: Path, force: bool, resume: bool, json_out: bool, log_to: list[str] | None = None) -> None:
 
     values = cfg.to_dict()
     if cfg.threads is None:
@@ -47,6 +47,8 @@ def launch_local(cfg: Any, nproc: int, out: Path, force: bool, resume: bool, jso
         args += ["--force"] if force else []
         args += ["--resume"] if resume else []
         args += ["--json"] if json_out else []
+        for name in log_to or []:
+            args += ["--log-to", name]  # each worker opens the loggers; only rank 0 writes to them
         launch = LaunchConfig(
             min_nodes=1,
             max_nodes=1,

@@ -161,10 +161,11 @@ class EntryPointGroup:
     """The entry points of one group (``metactl.models``, ``metactl.data``), looked up once per process.
 
     ``unknown`` and ``installed`` word the error for a name nobody registered; ``what`` names the part in
-    the other errors. ``refresh()`` looks again (after a plugin was put on the path)."""
+    the other errors; ``missing`` is the hint when the part needs a package that is not installed.
+    ``refresh()`` looks again (after a plugin was put on the path)."""
 
-    def __init__(self, group: str, what: str, unknown: str, installed: str) -> None:
-        self.group, self.what, self.unknown, self.installed = group, what, unknown, installed
+    def __init__(self, group: str, what: str, unknown: str, installed: str, missing: str = "Install the text extra: pip install 'metactl[text]'.") -> None:
+        self.group, self.what, self.unknown, self.installed, self.missing = group, what, unknown, installed, missing
         self._found: dict[str, EntryPoint] | None = None
 
     def entry_points(self) -> dict[str, EntryPoint]:
@@ -187,7 +188,7 @@ class EntryPointGroup:
             return eps[name].load()
         except ModuleNotFoundError as exc:  # an optional extra (e.g. [text]) not installed
             raise MetactlError(
-                f"{self.what} {name!r} needs the {exc.name} package, which is not installed.", "Install the text extra: pip install 'metactl[text]'."
+                f"{self.what} {name!r} needs the {exc.name} package, which is not installed.", self.missing
             ) from None
         except Exception as exc:  # a broken plugin must not crash with a traceback
             raise MetactlError(

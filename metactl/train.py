@@ -26,7 +26,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +44,7 @@ from metactl.data.tensors import to_batch
 from metactl.distributed import World, init_from_env, shutdown
 from metactl.errors import MetactlError
 from metactl.evaluate import adaptation_curve, feature_fn, summarise
+from metactl.loggers import MetricLogger, flat_params, scalars
 from metactl.models import build_model
 from metactl.perf import check_device, task_parallel_meta_gradient, task_workers, tune_malloc
 from metactl.registry import build_algorithm
@@ -273,6 +274,7 @@ class Session:
     stopped_by: str = "steps"
     val_start: list[dict[str, float]] = field(default_factory=list)
     critical: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # θ's update and the step count, never cut in half
+    loggers: list[MetricLogger] = field(default_factory=list)  # --log-to: rank 0 only, fed what metrics.jsonl gets
 
     @property
     def main(self) -> bool:
@@ -291,8 +293,18 @@ class Session:
         return summarise(adaptation_curve(self.algo, self.learner, self.data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, self.device))
 
 
-def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bool, resume: bool, report: Reporter) -> Session:
-    """Output folder, data, θ and α, the algorithm's set-up, optimizer, checkpoint and metadata."""
+def setup(
+    cfg: TrainConfig,
+    algo: Any,
+    world: World,
+    out: Path | None,
+    force: bool,
+    resume: bool,
+    report: Reporter,
+    log_to: Sequence[Callable[..., MetricLogger]] = (),
+    command: str | None = None,
+) -> Session:
+    """Output folder, data, θ and α, the algorithm's set-up, optimizer, checkpoint, metadata and loggers."""
     device = cfg.device
     if world.size > 1:
         if cfg.meta_batch % world.size:
@@ -327,19 +339,23 @@ def setup(cfg: TrainConfig, algo: Any, world: World, out: Path | None, force: bo
             _truncate_metrics(out / runs.METRICS, s.step)
             report.message(f"Resuming {out} from step {s.step}.")
     world.broadcast_([t.data for t in learner.parameters()])
-    s.meta = _run_meta(cfg, algo, data, world)
+    s.meta = _run_meta(cfg, algo, data, world, command)
     if replaces:
         s.meta["replaces"] = replaces
     if world.main:
         runs.atomic_write_json(out / runs.META, s.meta)
+        s.loggers = [factory(out, start_step=s.step) for factory in log_to]
+        params = flat_params({"algorithm": cfg.algo, "task": data.kind, **cfg.to_dict(), "metactl_version": __version__})
+        for logger in s.loggers:
+            logger.log_params(params)
         if s.validate and cfg.eval_every > 0 and s.step == 0:
             s.val_start = s.val_curve()
     return s
 
 
-def _run_meta(cfg: TrainConfig, algo: Any, data: TaskData, world: World) -> dict[str, Any]:
+def _run_meta(cfg: TrainConfig, algo: Any, data: TaskData, world: World, command: str | None = None) -> dict[str, Any]:
     """The run's ``metactl.json`` as training starts."""
-    return {
+    meta = {
         "metactl_version": __version__,
         "kind": "run",
         "algorithm": {"name": cfg.algo, "config": dataclasses.asdict(algo.config) if dataclasses.is_dataclass(algo.config) else {}},
@@ -356,6 +372,9 @@ def _run_meta(cfg: TrainConfig, algo: Any, data: TaskData, world: World) -> dict
         "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if command:
+        meta["command"] = command  # the command line (or Python call) that made the run
+    return meta
 
 
 def reduce_gradients(world: World, learner: Learner, metrics: dict[str, float], device: str) -> dict[str, float]:
@@ -417,6 +436,10 @@ def _after_step(s: Session, record: dict[str, Any]) -> None:
         s.val_seconds += time.perf_counter() - tv
     if s.main:
         runs.append_jsonl(s.out / runs.METRICS, record)
+        if s.loggers:
+            values = scalars(record, s.data.kind)
+            for logger in s.loggers:
+                logger.log_metrics(s.step, values)
         s.report.step(s.step, record)
     if s.bad >= cfg.max_bad_steps:
         return
@@ -488,6 +511,7 @@ def finish(s: Session) -> TrainResult:
     out = s.out
     meta.pop("replaces", None)
     runs.atomic_write_json(out / runs.META, meta)
+    close_loggers(s, meta["status"])
     if s.replaces:
         runs.replace_dir(out, Path(s.replaces))
         out = Path(s.replaces)
@@ -510,18 +534,39 @@ def finish(s: Session) -> TrainResult:
     )
 
 
-def meta_train(cfg: TrainConfig, out: Path | None = None, force: bool = False, resume: bool = False, report: Reporter | None = None) -> TrainResult:
-    """Meta-train as ``cfg`` says; returns where the run is and how it went."""
+def close_loggers(s: Session, status: str) -> None:
+    """Tell every logger the run ended (once), with the folder that holds its files."""
+    done, s.loggers = s.loggers, []
+    for logger in done:
+        logger.finish(s.out, status)
+
+
+def meta_train(
+    cfg: TrainConfig,
+    out: Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    report: Reporter | None = None,
+    log_to: Sequence[Callable[..., MetricLogger]] = (),
+    command: str | None = None,
+) -> TrainResult:
+    """Meta-train as ``cfg`` says; returns where the run is and how it went. ``log_to``: logger
+    factories (:func:`metactl.loggers.resolve`); ``command``: what made the run, recorded in it."""
     report = report or Reporter()
     tune_malloc()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     check_device(cfg.device)
     algo = build_algorithm(cfg.algo, cfg.algo_options, cfg)
     world = init_from_env(cfg.device)
+    s: Session | None = None
     try:
-        s = setup(cfg, algo, world, out, force, resume, report)
+        s = setup(cfg, algo, world, out, force, resume, report, log_to, command)
         train_loop(s)
         return finish(s)
+    except BaseException as exc:
+        if s is not None:
+            close_loggers(s, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     finally:
         shutdown(world)
 

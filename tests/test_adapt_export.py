@@ -111,7 +111,7 @@ def test_export_is_self_contained_with_readme_opset(workspace: dict[str, Path]) 
     import onnx
 
     out = workspace["export"]
-    assert sorted(p.name for p in out.iterdir()) == ["metactl.json", "model.int8.onnx", "model.onnx", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "metactl.json", "model.int8.onnx", "model.onnx", "model.safetensors"]
     proto = onnx.load(str(out / "model.onnx"))
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     assert opsets["ai.onnx"] == 18 == json.loads((out / "metactl.json").read_text())["opset"]

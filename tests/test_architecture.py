@@ -1,6 +1,7 @@
 """The package's import graph runs one way, and imports stay where a reader sees them.
 
-    errors ─► config, registry ─► api ─► inner, data, models ─► algorithms, runs ─► evaluate ─► train, adapt ─► export ─► cli
+    errors ─► config, registry, card ─► api, loggers ─► inner, data, models ─► algorithms, runs ─► evaluate ─► train, adapt ─► export
+           ─► library (the Python API) ─► cli
 
 A module may import only from its own layer's package or from lower layers; the graph has no
 cycle; and outside ``metactl/cli/`` (whose commands import their work lazily so that
@@ -18,13 +19,14 @@ ROOT = Path(__file__).resolve().parents[1] / "metactl"
 
 LAYERS: list[tuple[str, ...]] = [
     ("metactl", "metactl.errors"),
-    ("metactl.config", "metactl.registry", "metactl.distributed", "metactl.launch", "metactl.backbones"),
-    ("metactl.api", "metactl.perf"),
+    ("metactl.config", "metactl.registry", "metactl.distributed", "metactl.launch", "metactl.backbones", "metactl.card"),
+    ("metactl.api", "metactl.perf", "metactl.loggers"),
     ("metactl.inner", "metactl.data", "metactl.models"),
     ("metactl.algorithms", "metactl.runs", "metactl.runtime"),
     ("metactl.evaluate", "metactl.plot"),
     ("metactl.train", "metactl.adapt"),
     ("metactl.export",),
+    ("metactl.library",),
     ("metactl.testing", "metactl.cli"),
     ("metactl.__main__",),
 ]
@@ -36,6 +38,14 @@ LAZY = {
     ("metactl.registry", "metactl.api"): "api imports torch; `metactl algorithms` lists plugins without it",
     ("metactl.data.labeled", "metactl.data.support_text"): "the optional [text] extra (tokenizers): image support folders must not need it",
     ("metactl.runtime", "metactl.data.support_text"): "the optional [text] extra (tokenizers): image predict must not need it",
+    ("metactl", "metactl.library"): "the Python API imports torch; `import metactl` and `metactl --help` must not",
+    ("metactl", "metactl.errors"): "metactl.MetactlError on first use: the package root sits below errors in the layering",
+    ("metactl.loggers", "tensorboard"): "the optional [tensorboard] extra: missing is a one-line install hint",
+    ("metactl.loggers", "torch.utils.tensorboard"): "needs the tensorboard package, checked just before",
+    ("metactl.loggers", "mlflow"): "the optional [mlflow] extra: missing is a one-line install hint",
+    ("metactl.loggers", "mlflow.tracking"): "the optional [mlflow] extra, checked just before",
+    ("metactl.loggers", "mlflow.entities"): "the optional [mlflow] extra, checked when the logger was made",
+    ("metactl.library", "metactl.launch"): "torch.distributed's elastic launcher, loaded only for --nproc",
 }
 
 

@@ -225,7 +225,8 @@ def test_prediction_is_independent_of_batch_and_padding(ws: dict[str, Path]) -> 
 
 def test_export_folder_layout_and_graph_signature(ws: dict[str, Path]) -> None:
     out = ws["export"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metactl.json", "model.int8.onnx", "model.onnx", "model.safetensors", "tokenizer.json"]
+    files = ["README.md", "config.json", "metactl.json", "model.int8.onnx", "model.onnx", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == files
     graph = onnx.load(str(out / "model.onnx")).graph
     for value in graph.input:
         dims = value.type.tensor_type.shape.dim

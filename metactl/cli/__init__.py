@@ -3,6 +3,8 @@ each command imports the library it needs inside its body."""
 
 from __future__ import annotations
 
+import platform
+
 import typer
 
 from metactl.cli import adapt, algorithms, evaluate, export, meta_train, predict
@@ -11,7 +13,7 @@ app = typer.Typer(
     name="metactl",
     help="Meta-learning turned into deployable models: meta-train an initialization, adapt it to your few examples, export it to ONNX.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.command("meta-train")(meta_train.meta_train)
@@ -22,17 +24,43 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("algorithms")(algorithms.algorithms)
 
 
+VERSIONS_OF = ("torch", "onnxruntime", "onnx", "numpy", "transformers", "tokenizers", "tensorboard", "mlflow-skinny", "mlflow")
+
+
+def versions() -> list[tuple[str, str]]:
+    """(name, version) of metactl, Python and the installed packages a bug report needs, read from
+    package metadata (nothing is imported: torch stays unloaded)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from metactl import __version__
+
+    found = [("metactl", __version__), ("python", platform.python_version())]
+    for name in VERSIONS_OF:
+        try:
+            found.append((name, version(name)))
+        except PackageNotFoundError:
+            if name in ("torch", "onnxruntime"):
+                found.append((name, "not installed"))
+    return found
+
+
 def _print_version(value: bool) -> None:
     if value:
-        from metactl import __version__
-
-        typer.echo(f"metactl {__version__}")
+        items = versions()
+        typer.echo(f"{items[0][0]} {items[0][1]}")
+        typer.echo(", ".join(f"{name} {v}" for name, v in items[1:]) + f" ({platform.platform(terse=True)})")
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the versions of metactl, Python, torch, onnxruntime (and other installed packages a bug report needs) and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
 ) -> None:
     """Meta-learning turned into deployable models."""
 

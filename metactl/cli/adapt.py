@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metactl.cli.common import console, err_console, handle_errors
+from metactl.cli.common import command_line, console, err_console, handle_errors
 
 
 @handle_errors
@@ -21,19 +21,20 @@ def adapt(
     ),
     from_: Path = typer.Option(None, "--from", help="Run dir. [default: newest under ./runs]"),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
-    query: Path = typer.Option(None, "--query", help="Labeled folder to measure accuracy on."),
+    query: Path = typer.Option(None, "--query", help="Labeled folder to measure accuracy on. [default: none]"),
     out: Path = typer.Option(Path("adapted"), "--out", help="Where to write the adapted model."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (where the inner loop runs; the model is saved for CPU serving)."),
 ) -> None:
     """Adapt a meta-trained run to your examples with its learned per-layer learning rates."""
-    from metactl.adapt import adapt as run_adapt
+    from metactl.library import adapt as run_adapt
 
-    result = run_adapt(support, from_, steps, query, out, force, device)
+    result = run_adapt(support, from_, out=out, steps=steps, query=query, force=force, device=device, quiet=json_out, command=command_line())
+    m = result.metrics
     summary = {
-        "out": str(result.out), "labels": result.labels, "support_losses": result.support_losses,
-        "support_accuracy": result.support_accuracy, "query_accuracy": result.query_accuracy,
+        "out": str(result.path), "labels": result.labels, "support_losses": m["support_losses"],
+        "support_accuracy": m["support_accuracy"], "query_accuracy": m["query_accuracy"],
         "per_class": result.per_class, "seconds": round(result.seconds, 2),
     }  # fmt: skip
     if json_out:
@@ -44,15 +45,15 @@ def adapt(
     table = Table(title="Support loss per inner step")
     table.add_column("step", justify="right")
     table.add_column("support loss", justify="right")
-    for k, loss in enumerate(result.support_losses):
+    for k, loss in enumerate(m["support_losses"]):
         table.add_row(str(k), f"{loss:.4f}")
     console.print(table)
-    if result.query_accuracy is not None:
-        per = Table(title=f"Query accuracy {result.query_accuracy:.4f}")
+    if m["query_accuracy"] is not None:
+        per = Table(title=f"Query accuracy {m['query_accuracy']:.4f}")
         per.add_column("label")
         per.add_column("images", justify="right")
         per.add_column("accuracy", justify="right")
         for row in result.per_class:
             per.add_row(escape(row["label"]), str(row["images"]), f"{row['accuracy']:.4f}")
         console.print(per)
-    console.print(f"{len(result.labels)} labels, support accuracy {result.support_accuracy:.4f}. Adapted model written to [bold]{escape(str(result.out))}[/]")
+    console.print(f"{len(result.labels)} labels, support accuracy {m['support_accuracy']:.4f}. Adapted model written to [bold]{escape(str(result.path))}[/]")

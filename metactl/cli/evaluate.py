@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metactl.cli.common import console, handle_errors
+from metactl.cli.common import command_line, console, handle_errors
 
 
 def _check_run_dir(run: Path, positional: bool) -> None:
@@ -50,42 +50,24 @@ def evaluate(
     split: str = typer.Option("test", help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
     inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
     device: str = typer.Option("cpu", help="cpu | cuda."),
-    json_file: Path = typer.Option(None, "--json", help="Write the results as JSON to this file."),
-    plot: Path = typer.Option(None, "--plot", help="Write the adaptation curves as a PNG (needs the plot extra)."),
+    json_file: Path = typer.Option(None, "--json", help="Write the results as JSON to this file. [default: none]"),
+    plot: Path = typer.Option(None, "--plot", help="Write the adaptation curves as a PNG (needs the plot extra). [default: none]"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),
 ) -> None:
     """Evaluate runs on episodes from classes never seen in meta-training."""
-    from metactl.config import PROTOCOLS
-    from metactl.errors import MetactlError
+    from metactl.library import curve_title
+    from metactl.library import evaluate as run_evaluate
 
-    if split not in ("test", "val"):
-        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
-    if episodes < 1:
-        raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise MetactlError(f"--protocol {protocol}: unknown.", f"Use one of: {', '.join(PROTOCOLS)}.")
-    for target in (json_file, plot):
-        if target is not None and target.exists() and not force:
-            raise MetactlError(f"{target} already exists.", "Choose another file name, or pass --force to overwrite it.")
-    if plot is not None:
-        from metactl.plot import check_plot_target
-
-        check_plot_target(plot)  # fail before the evaluation, not after it
-    from metactl.evaluate import evaluate_runs
-    from metactl.perf import check_device
-    from metactl.runs import atomic_write_json, latest_run
-
-    check_device(device)  # before reading any run
     named = list(from_ or [])
-    run_dirs = [*named, *(more or [])] or [latest_run()]
+    run_dirs = [*named, *(more or [])]
     for i, run in enumerate(run_dirs):  # every run readable before minutes are spent on the first
         _check_run_dir(run, positional=i >= len(named) and bool(more))
-    with console.status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes"):
-        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr)
-    first = results[0]
-    setting = f"{first['ways']}-way, " if first.get("ways") else ""
-    metric = "accuracy (%)" if first["metric"] == "accuracy" else first["metric"].upper()
-    title = f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} episodes)"
+    result = run_evaluate(
+        run_dirs, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, episodes=episodes, steps=steps,
+        seed=seed, split=split, inner_lr=inner_lr, device=device, json=json_file, plot=plot, force=force, command=command_line(),
+    )  # fmt: skip
+    results = [r.to_dict() for r in result.runs]
+    title = curve_title(results)
     table = Table(title=title)
     table.add_column("run")
     table.add_column("algorithm")
@@ -103,12 +85,6 @@ def evaluate(
         if r.get("head") == "zero-initialised":
             console.print(f"[dim]{escape(Path(r['run']).name)}: trained with another N, so its head starts at zero (as metactl adapt does).[/]")
     if json_file:
-        atomic_write_json(
-            json_file, {"episodes": first["episodes"], "seed": seed, "data": data, "protocol": protocol, "split": split, "inner_lr": inner_lr, "runs": results}
-        )
         console.print(f"Results written to [bold]{escape(str(json_file))}[/]")
     if plot:
-        from metactl.plot import plot_curves
-
-        plot_curves(results, plot, title)
         console.print(f"Plot written to [bold]{escape(str(plot))}[/]")
