@@ -7,7 +7,7 @@ import platform
 
 import typer
 
-from metactl.cli import adapt, algorithms, evaluate, export, meta_train, predict
+from metactl.cli import adapt, algorithms, common, evaluate, export, meta_train, predict
 
 app = typer.Typer(
     name="metactl",
@@ -66,4 +66,5 @@ def _root(
 
 
 def main() -> None:
+    common.PROGRAM["argv"] = True  # the metactl program (or python -m metactl), not a CliRunner in a test
     app()

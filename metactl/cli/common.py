@@ -55,9 +55,12 @@ def command_line() -> str:
     recorded = os.environ.get("METACTL_COMMAND")  # a worker of --nproc records its launcher's command
     if recorded:
         return recorded
-    if os.path.basename(sys.argv[0]) in ("metactl", "__main__.py") and len(sys.argv) > 1:
+    if PROGRAM["argv"] and len(sys.argv) > 1:
         return shlex.join(["metactl", *sys.argv[1:]])
     return _rebuilt.get()
+
+
+PROGRAM = {"argv": False}  # True once ``metactl.cli.main`` runs: sys.argv is then metactl's own command line
 
 
 _rebuilt: contextvars.ContextVar[str] = contextvars.ContextVar("metactl_command", default="metactl")
