@@ -47,6 +47,13 @@ def evaluate(
     episodes: int = typer.Option(600, help="Episodes (the same for every run)."),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
     seed: int = typer.Option(0, help="Episode seed."),
+    all_classes: bool = typer.Option(
+        False,
+        "--all-classes",
+        help="Every held-out class in each episode (text data): --shots support texts per class from the train split, "
+        "the whole test split as queries; --episodes draws.",
+    ),
+    by_domain: bool = typer.Option(False, "--by-domain", help="--protocol domains: each episode is every intent of one test domain (15-way)."),
     split: str = typer.Option("test", help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
     inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
     device: str = typer.Option("cpu", help="cpu | cuda."),
@@ -81,11 +88,16 @@ def evaluate(
     for i, run in enumerate(run_dirs):  # every run readable before minutes are spent on the first
         _check_run_dir(run, positional=i >= len(named) and bool(more))
     with console.status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes"):
-        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr)
+        results = evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr, all_classes, by_domain)
     first = results[0]
     setting = f"{first['ways']}-way, " if first.get("ways") else ""
+    if first.get("setting") == "all-classes":
+        setting = f"all {first['ways']} classes, {first['shots']}-shot, {first['query_texts']} query texts, "
+    elif first.get("setting") == "by-domain":
+        setting += "whole domains, "
     metric = "accuracy (%)" if first["metric"] == "accuracy" else first["metric"].upper()
-    title = f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} episodes)"
+    unit = "draws" if first.get("setting") == "all-classes" else "episodes"
+    title = f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} {unit})"
     table = Table(title=title)
     table.add_column("run")
     table.add_column("algorithm")
@@ -104,7 +116,17 @@ def evaluate(
             console.print(f"[dim]{escape(Path(r['run']).name)}: trained with another N, so its head starts at zero (as metactl adapt does).[/]")
     if json_file:
         atomic_write_json(
-            json_file, {"episodes": first["episodes"], "seed": seed, "data": data, "protocol": protocol, "split": split, "inner_lr": inner_lr, "runs": results}
+            json_file,
+            {
+                "episodes": first["episodes"],
+                "seed": seed,
+                "data": data,
+                "protocol": protocol,
+                "split": split,
+                "inner_lr": inner_lr,
+                "setting": first.get("setting", "episodes"),
+                "runs": results,
+            },
         )
         console.print(f"Results written to [bold]{escape(str(json_file))}[/]")
     if plot:
