@@ -107,6 +107,32 @@ def summarise(values: np.ndarray) -> list[dict[str, float]]:
         ]
 
 
+def run_curve(
+    meta: dict[str, Any],
+    learner: Learner,
+    sampler: Any,
+    episodes: int,
+    steps: int,
+    seed: int,
+    device: str = "cpu",
+    inner_lr: float | None = None,
+    precompute: bool = True,
+) -> np.ndarray:
+    """One run's adaptation curve on ``sampler``: a zero head for another number of classes (as
+    ``metactl adapt`` starts one), one inner learning rate for every tensor with ``inner_lr``, and the
+    frozen body's features computed once first (``precompute=False``: ``sampler`` has them already)."""
+    cfg = TrainConfig(**meta["config"])
+    algo = algorithm_of_run(meta, cfg)
+    n = getattr(sampler, "ways", cfg.ways)
+    if learner.task == "classification" and n != cfg.ways:
+        learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
+    if inner_lr is not None:
+        learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
+    if precompute and learner.model.features_fixed() and hasattr(sampler, "precompute"):
+        sampler.precompute(feature_fn(learner, device))
+    return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device)
+
+
 def evaluate_runs(
     run_dirs: list[Any],
     data: str | None = None,
@@ -144,7 +170,6 @@ def evaluate_runs(
     for run in run_dirs:
         meta, learner = runs.load_run(run, device)
         cfg = TrainConfig(**meta["config"])
-        algo = algorithm_of_run(meta, cfg)
         k = steps if steps is not None else cfg.test_inner_steps
         if all_classes:
             sampler = all_classes_sampler(meta, data, shots or cfg.shots, protocol, split)
@@ -153,15 +178,9 @@ def evaluate_runs(
         else:
             sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol, split)
         n = getattr(sampler, "ways", ways or cfg.ways)
-        if learner.task == "classification" and n != cfg.ways:
-            learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
-        if inner_lr is not None:
-            learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
-        if learner.model.features_fixed() and hasattr(sampler, "precompute"):
-            sampler.precompute(feature_fn(learner, device))
         count = len(sampler) if hasattr(sampler, "episodes") else episodes
         t0 = time.perf_counter()
-        values = adaptation_curve(algo, learner, sampler, count, k, seed, device)
+        values = run_curve(meta, learner, sampler, count, k, seed, device, inner_lr)
         results.append(
             {
                 "run": str(run),
@@ -176,7 +195,7 @@ def evaluate_runs(
                 "shots": shots or cfg.shots,
                 "queries": None if all_classes else queries,  # per class
                 "query_texts": len(sampler) if all_classes else None,  # all-classes: the query texts of each draw
-                "seconds": time.perf_counter() - t0,  # scoring every episode (feature computation before it excluded)
+                "seconds": time.perf_counter() - t0,  # the frozen body's features (once), then adapting and scoring every episode
                 "steps": summarise(values),
                 "per_episode": values.tolist() if all_classes else None,  # draws are few: each one's curve
             }
