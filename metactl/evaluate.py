@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -9,9 +10,9 @@ import numpy as np
 import torch
 
 from metactl import callable_module, runs
-from metactl.api import Learner
+from metactl.api import Inputs, Learner, inputs_len
 from metactl.config import TrainConfig
-from metactl.data import held_out_sampler
+from metactl.data import all_classes_sampler, domain_sampler, held_out_sampler
 from metactl.data.episodes import Sampler, episode_rng
 from metactl.data.tensors import to_batch
 from metactl.errors import MetactlError
@@ -38,8 +39,41 @@ def feature_fn(learner: Learner, device: str) -> Callable[[dict[str, np.ndarray]
     return fn
 
 
+def _rows(x: Inputs, lo: int, hi: int) -> Inputs:
+    """Rows ``lo:hi`` of a task's examples; token arrays lose the padding columns no row of them uses."""
+    if not isinstance(x, dict):
+        return x[lo:hi]
+    part = {k: v[lo:hi] for k, v in x.items()}
+    if "attention_mask" in part:
+        width = max(int(part["attention_mask"].sum(-1).max()), 1)
+        part = {k: v[:, :width] if k in ("input_ids", "attention_mask", "token_type_ids") else v for k, v in part.items()}
+    return part
+
+
+def predict_in_chunks(learner: Learner, params: Any, sx: Inputs, qx: Inputs, chunk: int) -> torch.Tensor:
+    """The query outputs ``chunk`` queries at a time (memory bounded by the chunk, not the query set).
+    For models whose prediction for an example does not depend on the batch (text classifiers)."""
+    n = inputs_len(qx)
+    return torch.cat([learner.forward(params, _rows(qx, lo, min(lo + chunk, n))) for lo in range(0, n, chunk)])
+
+
+def _all_classes_curve(algo: Any, learner: Learner, sampler: Any, draws: int, steps: int, seed: int, device: str) -> np.ndarray:
+    """(draws, steps + 1) accuracy per draw of an every-class sampler (:meth:`draw`), queries in chunks."""
+    out = np.empty((draws, steps + 1))
+    for d in range(draws):
+        sx, sy, qx, qy = to_batch(sampler.draw(seed, d), device).task(0)
+        trajectory = algo.adapt(learner, sx, sy, steps)
+        with torch.no_grad():
+            for k, params in enumerate(trajectory):
+                out[d, k] = learner.metric(predict_in_chunks(learner, params, sx, qx, sampler.query_chunk), qy)
+    return out
+
+
 def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20) -> np.ndarray:
-    """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed)."""
+    """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed).
+    A sampler with ``draw(seed, d)`` (every class at once) gives draw ``d`` as episode ``d``."""
+    if hasattr(sampler, "draw"):
+        return _all_classes_curve(algo, learner, sampler, episodes, steps, seed, device)
     out = np.empty((episodes, steps + 1))
     done = 0
     while done < episodes:
@@ -73,6 +107,32 @@ def summarise(values: np.ndarray) -> list[dict[str, float]]:
         ]
 
 
+def run_curve(
+    meta: dict[str, Any],
+    learner: Learner,
+    sampler: Any,
+    episodes: int,
+    steps: int,
+    seed: int,
+    device: str = "cpu",
+    inner_lr: float | None = None,
+    precompute: bool = True,
+) -> np.ndarray:
+    """One run's adaptation curve on ``sampler``: a zero head for another number of classes (as
+    ``metactl adapt`` starts one), one inner learning rate for every tensor with ``inner_lr``, and the
+    frozen body's features computed once first (``precompute=False``: ``sampler`` has them already)."""
+    cfg = TrainConfig(**meta["config"])
+    algo = algorithm_of_run(meta, cfg)
+    n = getattr(sampler, "ways", cfg.ways)
+    if learner.task == "classification" and n != cfg.ways:
+        learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
+    if inner_lr is not None:
+        learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
+    if precompute and learner.model.features_fixed() and hasattr(sampler, "precompute"):
+        sampler.precompute(feature_fn(learner, device))
+    return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device)
+
+
 def evaluate_runs(
     run_dirs: list[Any],
     data: str | None = None,
@@ -86,32 +146,41 @@ def evaluate_runs(
     protocol: str | None = None,
     split: str = "test",
     inner_lr: float | None = None,
+    all_classes: bool = False,
+    by_domain: bool = False,
 ) -> list[dict[str, Any]]:
     """Adaptation curves of several runs on the same held-out episodes.
 
     ``split="val"`` scores on each run's validation classes instead of its test classes;
     ``inner_lr`` replaces the run's (learned or fixed) inner learning rates by one rate for every
-    adapted tensor: fine-tuning at a chosen rate, e.g. the best of a grid on ``split="val"``."""
+    adapted tensor: fine-tuning at a chosen rate, e.g. the best of a grid on ``split="val"``.
+    ``all_classes``: every held-out class in each episode, ``episodes`` draws of ``shots`` support
+    examples per class, queries = the whole test split (:func:`metactl.data.all_classes_sampler`);
+    ``by_domain``: episodes of every intent of one CLINC150 domain (:func:`metactl.data.domain_sampler`)."""
     check_device(device)
     if inner_lr is not None and not inner_lr > 0:
         raise MetactlError(f"--inner-lr must be > 0 (got {inner_lr}).", "Pass a positive learning rate.")
+    if all_classes and by_domain:
+        raise MetactlError("--all-classes and --by-domain are two different settings.", "Pass one of them.")
+    if (all_classes or by_domain) and ways is not None:
+        flag = "--all-classes" if all_classes else "--by-domain"
+        raise MetactlError(f"{flag} sets the number of classes itself (got --ways {ways}).", "Drop --ways.")
     tune_malloc()
     results = []
     for run in run_dirs:
         meta, learner = runs.load_run(run, device)
         cfg = TrainConfig(**meta["config"])
-        algo = algorithm_of_run(meta, cfg)
         k = steps if steps is not None else cfg.test_inner_steps
-        sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol, split)
+        if all_classes:
+            sampler = all_classes_sampler(meta, data, shots or cfg.shots, protocol, split)
+        elif by_domain:
+            sampler = domain_sampler(meta, data, shots or cfg.shots, queries, protocol, split)
+        else:
+            sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol, split)
         n = getattr(sampler, "ways", ways or cfg.ways)
-        if learner.task == "classification" and n != cfg.ways:
-            learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
-        if inner_lr is not None:
-            learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
-        if learner.model.features_fixed() and hasattr(sampler, "precompute"):
-            sampler.precompute(feature_fn(learner, device))
         count = len(sampler) if hasattr(sampler, "episodes") else episodes
-        values = adaptation_curve(algo, learner, sampler, count, k, seed, device)
+        t0 = time.perf_counter()
+        values = run_curve(meta, learner, sampler, count, k, seed, device, inner_lr)
         results.append(
             {
                 "run": str(run),
@@ -122,7 +191,13 @@ def evaluate_runs(
                 "split": split,
                 "inner_lr": inner_lr,
                 "head": "meta-learned" if learner.task != "classification" or n == cfg.ways else "zero-initialised",
+                "setting": "all-classes" if all_classes else "by-domain" if by_domain else "episodes",
+                "shots": shots or cfg.shots,
+                "queries": None if all_classes else queries,  # per class
+                "query_texts": len(sampler) if all_classes else None,  # all-classes: the query texts of each draw
+                "seconds": time.perf_counter() - t0,  # the frozen body's features (once), then adapting and scoring every episode
                 "steps": summarise(values),
+                "per_episode": values.tolist() if all_classes else None,  # draws are few: each one's curve
             }
         )
     return results

@@ -113,6 +113,7 @@ class RunCurve:
     steps: list[dict[str, float]]  # per inner step k: mean, ci95, median
     split: str = "test"  # test: held-out classes | val: the run's validation classes
     inner_lr: float | None = None  # the one fine-tuning rate that replaced the run's α, if any
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # setting, shots, queries, query_texts, seconds, per_episode
 
     @property
     def mean(self) -> list[float]:
@@ -120,7 +121,8 @@ class RunCurve:
         return [s["mean"] for s in self.steps]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "run": str(self.run)}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "details"}
+        return {**out, **self.details, "run": str(self.run)}
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,13 @@ class EvaluateResult:
     plot: Path | None = None
     split: str = "test"
     inner_lr: float | None = None
+    setting: str = "episodes"  # episodes | all-classes | by-domain
 
     def to_dict(self) -> dict[str, Any]:
         """What ``--json FILE`` writes."""
         return {
             "episodes": self.episodes, "seed": self.seed, "data": self.data, "protocol": self.protocol,
-            "split": self.split, "inner_lr": self.inner_lr, "runs": [r.to_dict() for r in self.runs],
+            "split": self.split, "inner_lr": self.inner_lr, "setting": self.setting, "runs": [r.to_dict() for r in self.runs],
         }  # fmt: skip
 
 
@@ -379,6 +382,8 @@ def evaluate(
     seed: int = 0,
     split: str = "test",
     inner_lr: float | None = None,
+    all_classes: bool = False,
+    by_domain: bool = False,
     device: str = "cpu",
     json: str | Path | None = None,
     plot: str | Path | None = None,
@@ -390,7 +395,9 @@ def evaluate(
     classes never seen in meta-training (``metactl evaluate``); ``runs`` (the CLI's ``--from``) defaults to
     the newest run under ./runs. ``json``/``plot``: also write the results / a PNG of the curves.
     ``split="val"``: the runs' own validation classes; ``inner_lr``: fine-tune at that one rate instead
-    of each run's α (a grid of rates on ``split="val"`` chooses a fine-tuning baseline's rate)."""
+    of each run's α (a grid of rates on ``split="val"`` chooses a fine-tuning baseline's rate).
+    ``all_classes``: every held-out class at once, ``episodes`` draws of ``shots`` examples per class,
+    scored on the whole test split; ``by_domain``: CLINC150 episodes of one whole test domain."""
     if split not in ("test", "val"):
         raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
     if episodes < 1:
@@ -409,11 +416,17 @@ def evaluate(
     for run in run_dirs:  # every run readable before minutes are spent on the first
         check_run(run)
     with _status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes", quiet):
-        results = evaluate_module.evaluate_runs(run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr)
+        results = evaluate_module.evaluate_runs(
+            run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr, all_classes, by_domain
+        )
+    core = ("run", "algorithm", "metric", "ways", "episodes", "head", "steps", "split", "inner_lr")
     curves = [
-        RunCurve(Path(r["run"]), r["algorithm"], r["metric"], r["ways"], r["episodes"], r["head"], r["steps"], r["split"], r["inner_lr"]) for r in results
-    ]
-    result = EvaluateResult(curves, curves[0].episodes, seed, data, protocol, json_path, plot_path, split, inner_lr)
+        RunCurve(Path(r["run"]), r["algorithm"], r["metric"], r["ways"], r["episodes"], r["head"], r["steps"], r["split"], r["inner_lr"],
+                 {k: v for k, v in r.items() if k not in core})
+        for r in results
+    ]  # fmt: skip
+    setting = "all-classes" if all_classes else "by-domain" if by_domain else "episodes"
+    result = EvaluateResult(curves, curves[0].episodes, seed, data, protocol, json_path, plot_path, split, inner_lr, setting)
     if json_path is not None:
         rundirs.atomic_write_json(json_path, result.to_dict())
     if plot_path is not None:
@@ -424,8 +437,13 @@ def evaluate(
 def curve_title(results: list[dict[str, Any]]) -> str:
     first = results[0]
     setting = f"{first['ways']}-way, " if first.get("ways") else ""
+    if first.get("setting") == "all-classes":
+        setting = f"all {first['ways']} classes, {first['shots']}-shot, {first['query_texts']} query texts, "
+    elif first.get("setting") == "by-domain":
+        setting += "whole domains, "
     metric = "accuracy (%)" if first["metric"] == "accuracy" else first["metric"].upper()
-    return f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} episodes)"
+    unit = "draws" if first.get("setting") == "all-classes" else "episodes"
+    return f"{metric} after k inner steps ({setting}mean ± 95 % CI, {first['episodes']} {unit})"
 
 
 @api

@@ -226,6 +226,14 @@ def test_presets_load_and_validate(preset: str) -> None:
         ways, shots = stem.removeprefix("omniglot-").split("-")
         assert cfg.data.startswith("omniglot:") and cfg.protocol in omniglot.PROTOCOLS and cfg.rotations
         assert (cfg.ways, cfg.shots) == (int(ways.removesuffix("way")), int(shots.removesuffix("shot")))
+    elif stem.startswith("intents-"):  # run from the repository root: the paths are beside it, as CI has them
+        protocol = stem.removeprefix("intents-")
+        assert cfg.backbone == "../shared/models/all-MiniLM-L6-v2" and cfg.adapt in ("head", "lora") and cfg.learn_inner_lr
+        assert cfg.time_budget is not None and 0 < cfg.time_budget <= 30  # the issue's CPU budget
+        if protocol == "domains":
+            assert (cfg.data, cfg.protocol, cfg.ways) == ("intents:../shared/datasets/intents/clinc150", "domains", 15)
+        else:  # meta-trains on the other two datasets only
+            assert (cfg.data, cfg.protocol) == ("intents:../shared/datasets/intents", f"unseen-{protocol}")
     else:
         assert cfg.data == "sinusoid" and cfg.shots == 10
 
@@ -233,6 +241,19 @@ def test_presets_load_and_validate(preset: str) -> None:
 def test_all_presets_present() -> None:
     names = {p.name for p in CONFIGS.glob("*.toml")}
     assert names >= {f"omniglot-{w}way-{k}shot.toml" for w in (5, 20) for k in (1, 5)} | {"sinusoid.toml"}
+    assert names >= {f"intents-{p}.toml" for p in ("clinc150", "banking77", "hwu64", "domains")}
+
+
+@pytest.mark.parametrize("unseen", ["clinc150", "banking77", "hwu64"])
+def test_intents_presets_meta_train_on_the_other_two_datasets(unseen: str, intents_dir: Path) -> None:
+    """What the preset's protocol reads (no model, no training): the other two datasets' train splits."""
+    from metactl.data.text import DATASETS, find_datasets, protocol_texts
+
+    cfg = resolve(load_toml(CONFIGS / f"intents-{unseen}.toml"), {"data": f"intents:{intents_dir}"})
+    parts = protocol_texts(find_datasets(intents_dir, cfg.data), cfg.protocol, cfg.val_classes, cfg.seed, cfg.ways)
+    seen = {name.split("/")[0] for part in ("train", "val") for name in parts[part]}
+    assert seen == set(DATASETS) - {unseen} and {name.split("/")[0] for name in parts["test"]} == {unseen}
+    assert len(parts["val"]) == {"clinc150": 14, "banking77": 21, "hwu64": 23}[unseen]  # the documented split: 10 % of the intents
 
 
 def test_real_omniglot_protocol_counts(omniglot_dir: Path) -> None:

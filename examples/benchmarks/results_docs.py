@@ -529,6 +529,38 @@ def gpu(results: Path) -> list[str]:
     return out
 
 
+INTENTS_UNSEEN = ("clinc150", "banking77", "hwu64")
+
+
+def intents(results: Path) -> list[str]:
+    """``examples/benchmarks/intents.py``'s rows for each unseen dataset whose JSON exists."""
+    found = [load(results, f"intents-{u}.json") for u in INTENTS_UNSEEN if (results / f"intents-{u}.json").is_file()]
+    if not found:
+        return ["Not run yet: `examples/benchmarks/intents.py` writes `examples/results/intents-<unseen>.json`, and this table is made from them."]
+    shots = sorted({int(k) for res in found for k in res["shots"]})
+    lines = header(
+        "unseen (intents, test texts)", "row", *(f"{k}-shot" for k in shots), "adaptation s (" + " / ".join(f"{k}" for k in shots) + "-shot)",
+        "ONNX batch-1 ms (float / int8)", "model MB",
+    )  # fmt: skip
+    for res in found:
+        where = f"{res['unseen']} ({res['intents']}, {res['test_texts']})"
+        for r in res["rows"]:
+            cells = r.get("cells", {})
+            if not cells:
+                lines.append(row(where, r["row"], r.get("status", "not run"), *[""] * (len(shots) + 2)))
+                continue
+            acc = []
+            for k in shots:
+                c = cells.get(str(k))
+                acc.append("–" if c is None else pct(c["mean"], c["ci95"]) + (f" (int8 {pct(c['int8']['mean'])})" if "int8" in c else ""))
+            secs = " / ".join(f"{cells[str(k)]['adapt_seconds']:.0f}" if str(k) in cells and "adapt_seconds" in cells[str(k)] else "–" for k in shots)
+            lat = next((f"{c['latency_ms']['float']:.1f} / {c['latency_ms']['int8']:.1f}" for c in cells.values() if "latency_ms" in c), "–")
+            size = r.get("model_mb")
+            size_text = f"{size['float']:.0f} / {size['int8']:.0f}" if isinstance(size, dict) else ("–" if size is None else f"{size:.0f}")
+            lines.append(row(where, r.get("description") or r["row"], *acc, secs, lat, size_text))
+    return lines
+
+
 TABLES: dict[str, tuple[str, Builder]] = {
     "presets": ("results.md", presets),
     "oneshot-runs": ("results.md", oneshot),
@@ -540,6 +572,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "clinc-domains-curve": ("results.md", clinc_domains_curve),
     "pipeline": ("results.md", pipeline),
     "clinc-contrast": ("results.md", clinc_contrast),
+    "intents": ("results.md", intents),
     "time-to-95": ("speed.md", time_to_95),
     "time-to-95-bf16": ("speed.md", bf16_vs_fp32),
     "throughput": ("speed.md", throughput),

@@ -47,6 +47,13 @@ def evaluate(
     episodes: int = typer.Option(600, help="Episodes (the same for every run)."),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
     seed: int = typer.Option(0, help="Episode seed."),
+    all_classes: bool = typer.Option(
+        False,
+        "--all-classes",
+        help="Every held-out class in each episode (text data): --shots support texts per class from the train split, "
+        "the whole test split as queries; --episodes draws.",
+    ),
+    by_domain: bool = typer.Option(False, "--by-domain", help="--protocol domains: each episode is every intent of one test domain (15-way)."),
     split: str = typer.Option("test", help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
     inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
     device: str = typer.Option("cpu", help="cpu | cuda."),
@@ -64,7 +71,8 @@ def evaluate(
         _check_run_dir(run, positional=i >= len(named) and bool(more))
     result = run_evaluate(
         run_dirs, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, episodes=episodes, steps=steps,
-        seed=seed, split=split, inner_lr=inner_lr, device=device, json=json_file, plot=plot, force=force, command=command_line(),
+        seed=seed, split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, device=device, json=json_file,
+        plot=plot, force=force, command=command_line(),
     )  # fmt: skip
     results = [r.to_dict() for r in result.runs]
     title = curve_title(results)

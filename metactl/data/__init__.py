@@ -75,6 +75,43 @@ def held_out_sampler(
     return src.held_out(meta, recorded.get("path") if src.takes_argument else None, ways, shots, queries, protocol)
 
 
+def _own_or_given(meta: dict[str, Any], data: str | None, protocol: str | None, split: str, flag: str) -> tuple[TaskSource, str | None]:
+    """The source and argument ``--all-classes``/``--by-domain`` read: ``data``, else the run's own data."""
+    if split not in ("test", "val"):
+        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
+    recorded = dict(meta.get("config", {}))
+    if split == "val":
+        if data is not None and data != recorded.get("data"):
+            raise MetactlError(f"--split val reads the run's own data ({recorded.get('data')}), not --data {data}.", "Drop --data, or use --split test.")
+        if protocol is not None and protocol != recorded.get("protocol"):
+            raise MetactlError(f"--split val uses the run's protocol ({recorded.get('protocol')}), not --protocol {protocol}.", "Drop --protocol.")
+    if data is not None:
+        src, arg = resolve(data)
+    else:
+        own = meta.get("data", {})
+        src = source(own.get("kind", "glyphs"))
+        arg = own.get("path") if src.takes_argument else None
+    if not hasattr(src, flag.removeprefix("--").replace("-", "_")):
+        raise MetactlError(f"{flag} is for text data (intents:DIR, text:PATH); this data is {data or meta.get('data', {}).get('kind')}.", f"Drop {flag}.")
+    return src, arg
+
+
+def all_classes_sampler(meta: dict[str, Any], data: str | None, shots: int, protocol: str | None = None, split: str = "test") -> Any:
+    """Every held-out class in each episode (``metactl evaluate --all-classes``): for ``intents:`` the
+    test intents with support drawn from their ``train`` split and their whole ``test`` split as
+    queries (see :class:`metactl.data.text.AllClassesEpisodes`); ``split="val"``: the run's validation
+    classes. Draw ``d`` is a function of the seed and ``d`` only."""
+    src, arg = _own_or_given(meta, data, protocol, split, "--all-classes")
+    return src.all_classes(meta, arg, shots, protocol, split)  # type: ignore[attr-defined]
+
+
+def domain_sampler(meta: dict[str, Any], data: str | None, shots: int, queries: int, protocol: str | None = None, split: str = "test") -> Any:
+    """Whole-domain episodes (``metactl evaluate --by-domain``): CLINC150's ``domains`` protocol, every
+    intent of one test domain per episode (``split="val"``: of the validation domain)."""
+    src, arg = _own_or_given(meta, data, protocol, split, "--by-domain")
+    return src.by_domain(meta, arg, shots, queries, protocol, split)  # type: ignore[attr-defined]
+
+
 def validation_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> Sampler:
     """The validation classes of the run's own data and protocol, as meta-training split them."""
     if meta.get("task") == "regression":
@@ -91,4 +128,16 @@ def validation_sampler(meta: dict[str, Any], data: str | None, ways: int, shots:
     return val
 
 
-__all__ = ["GROUP", "RotatedPool", "TaskData", "held_out_sampler", "open_data", "resolve", "source", "split_classes", "validation_sampler"]
+__all__ = [
+    "GROUP",
+    "RotatedPool",
+    "TaskData",
+    "all_classes_sampler",
+    "domain_sampler",
+    "held_out_sampler",
+    "open_data",
+    "resolve",
+    "source",
+    "split_classes",
+    "validation_sampler",
+]

@@ -274,22 +274,28 @@ def _load(found: dict[str, Path], names: Iterable[str]) -> dict[str, dict[str, T
     return {name: LOADERS[name](found[name]) for name in names}
 
 
+def _domain_part(found: dict[str, Path]) -> Callable[[tuple[str, ...], str], Texts]:
+    """``part(domains, split)``: CLINC150's intents of those domains (in ``domains.json`` order), ``split`` texts."""
+    clinc, domains = load_clinc150(found["clinc150"]), clinc150_domains(found["clinc150"])
+
+    def part(names: tuple[str, ...], split: str) -> Texts:
+        missing = [i for d in names for i in domains[d] if i not in clinc[split]]
+        if missing:
+            raise MetactlError(
+                f"{found['clinc150'] / 'data_full.json'}: no {split} examples of intent {', '.join(missing[:3])}"
+                f"{' …' if len(missing) > 3 else ''}, which domains.json lists.",
+                "Restore both files from the dataset's source (they must be the same release).",
+            )
+        return {i: clinc[split][i] for d in names for i in domains[d]}
+
+    return part
+
+
 def protocol_texts(found: dict[str, Path], protocol: str | None, val_fraction: float = 0.1, seed: int = 0, ways: int = 2) -> dict[str, Texts]:
     """``train``/``val``/``test`` -> intent -> texts for ``protocol`` (see the module docstring).
     ``val_fraction``, ``seed`` and ``ways`` choose the validation intents where the protocol draws them."""
     if protocol == "domains":
-        clinc, domains = load_clinc150(found["clinc150"]), clinc150_domains(found["clinc150"])
-
-        def part(names: tuple[str, ...], split: str) -> Texts:
-            missing = [i for d in names for i in domains[d] if i not in clinc[split]]
-            if missing:
-                raise MetactlError(
-                    f"{found['clinc150'] / 'data_full.json'}: no {split} examples of intent {', '.join(missing[:3])}"
-                    f"{' …' if len(missing) > 3 else ''}, which domains.json lists.",
-                    "Restore both files from the dataset's source (they must be the same release).",
-                )
-            return {i: clinc[split][i] for d in names for i in domains[d]}
-
+        part = _domain_part(found)
         return {"train": part(TRAIN_DOMAINS, "train"), "val": part(VAL_DOMAINS, "train"), "test": part(TEST_DOMAINS, "test")}
     if protocol is not None:
         unseen = protocol.removeprefix("unseen-")
@@ -303,14 +309,15 @@ def protocol_texts(found: dict[str, Path], protocol: str | None, val_fraction: f
     return {"train": {names[i]: pooled[names[i]] for i in train_ids}, "val": {names[i]: pooled[names[i]] for i in val_ids}, "test": test}
 
 
-def evaluation_texts(found: dict[str, Path], protocol: str | None) -> Texts:
+def evaluation_texts(found: dict[str, Path], protocol: str | None, split: str = "test") -> Texts:
     """The texts ``metactl evaluate`` samples: the protocol's test intents (``test`` split); without a
-    protocol every intent of ``found``, from the ``test`` splits."""
+    protocol every intent of ``found``, from the ``test`` splits. ``split="train"``: the same intents'
+    ``train``-split texts (where ``--all-classes`` draws its support examples)."""
     if protocol == "domains":
-        return protocol_texts(found, protocol)["test"]
+        return _domain_part(found)(TEST_DOMAINS, split)
     if protocol is not None:
-        return _named(_load(found, [protocol.removeprefix("unseen-")]), "test", True)
-    return _named(_load(found, found), "test", len(found) > 1)
+        return _named(_load(found, [protocol.removeprefix("unseen-")]), split, True)
+    return _named(_load(found, found), split, len(found) > 1)
 
 
 # --- backbone and tokenizer ---------------------------------------------------------------------
@@ -501,9 +508,13 @@ class TextEpisodes:
         """From now on episodes hold ``{"features": fn(tokens)}``, computed once per text."""
         self.pool.precompute(fn, batch_size, progress)
 
+    def classes(self, rng: np.random.Generator) -> np.ndarray:
+        """One episode's classes (pool indices): ``ways`` of the eligible ones, drawn without replacement."""
+        return rng.choice(self.eligible, size=self.ways, replace=False)
+
     def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
         n, k, q = self.ways, self.shots, self.queries
-        classes = np.stack([rng.choice(self.eligible, size=n, replace=False) for _ in range(tasks)])
+        classes = np.stack([self.classes(rng) for _ in range(tasks)])
         support: list[tuple[int, np.ndarray]] = []
         query: list[tuple[int, np.ndarray]] = []
         for b in range(tasks):
@@ -518,6 +529,126 @@ class TextEpisodes:
         sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
         qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
         return EpisodeBatch(shaped(self.pool.take(support), n * k), sy, shaped(self.pool.take(query), n * q), qy, classes)
+
+
+class DomainEpisodes(TextEpisodes):
+    """Whole-domain episodes (``metactl evaluate --by-domain``): each episode's classes are every intent
+    of one domain (``groups``: pool indices per domain, all of one size), the domain drawn at random
+    per episode; then K + Q texts per intent as :class:`TextEpisodes` draws them."""
+
+    def __init__(self, pool: TextPool, groups: dict[str, list[int]], shots: int, queries: int, what: str = "evaluation") -> None:
+        sizes = {len(g) for g in groups.values()}
+        if len(sizes) != 1:
+            raise MetactlError(f"--by-domain: the domains have different numbers of intents ({sorted(sizes)}).", "Use domains of one size.")
+        super().__init__(pool, sizes.pop(), shots, queries, what)
+        short = [pool.labels[c] for g in groups.values() for c in g if c not in set(self.eligible.tolist())]
+        if short:
+            raise MetactlError(
+                f"--by-domain: intent {', '.join(short[:3])} has fewer than {shots + queries} texts (shots {shots} + query-shots {queries}).",
+                "Lower --shots or --query-shots.",
+            )
+        self.domains = list(groups)
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups.values()]
+
+    def classes(self, rng: np.random.Generator) -> np.ndarray:
+        return self.groups[int(rng.integers(len(self.groups)))]
+
+
+ALL_CLASSES_STREAM = 2  # the random stream of --all-classes draws (0: training, 1: evaluation episodes)
+
+
+class AllClassesEpisodes:
+    """Every class at once (``metactl evaluate --all-classes``), the few-shot intent papers' setting.
+
+    Draw ``d`` holds ``shots`` support texts per class of ``support``, picked by a generator seeded with
+    ``(seed, d)`` only, so draw ``d`` is the same for every run, every ``--episodes`` and every call. Its
+    queries are every text of ``query`` (a dataset's whole ``test`` split: the same for every draw), or,
+    without ``query``, every text of ``support`` not drawn as support in that draw. Labels are the
+    indices of ``support``'s classes; ``query`` may not name a class ``support`` lacks. Queries are
+    ordered by length, so that predicting them ``query_chunk`` at a time pads little.
+
+    After :meth:`precompute` (a frozen body) texts are features: every query text once, and the support
+    texts of each draw when the draw is made (only the texts drawn are encoded)."""
+
+    query_chunk: ClassVar[int] = 256
+
+    def __init__(self, support: TextPool, query: TextPool | None, shots: int, what: str = "evaluation") -> None:
+        if shots < 1:
+            raise MetactlError(f"--shots must be >= 1 (got {shots}).", "Pass a positive number of support texts per class.")
+        need = shots + (0 if query is not None else 1)
+        short = [label for c, label in enumerate(support.labels) if support.count(c) < need]
+        if short:
+            more = f" ({len(short)} in all)" if len(short) > 3 else ""
+            raise MetactlError(
+                f"The {what} data has fewer than {need} texts for intent {', '.join(short[:3])}{more}: --shots {shots} needs {need}.", "Lower --shots."
+            )
+        index = {label: c for c, label in enumerate(support.labels)}
+        if query is not None:
+            unknown = [label for label in query.labels if label not in index]
+            if unknown:
+                raise MetactlError(f"The {what} test texts have intents with no training texts: {', '.join(unknown[:3])}.", "Check the dataset files.")
+            self.query_labels = np.array([index[label] for label in query.labels], dtype=np.int64)
+        self.support, self.query, self.shots, self.what = support, query, shots, what
+        self.ways = support.num_classes
+        self._fn: Callable[[Arrays], Any] | None = None
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self._queries: tuple[Arrays, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        """Query texts per draw (the whole query set; without one, those left after the support)."""
+        if self.query is not None:
+            return len(self.query)
+        return len(self.support) - self.ways * self.shots
+
+    def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
+        """From now on draws hold ``{"features": fn(tokens)}`` (an (n, D) float32 array per text)."""
+        self._fn = fn
+        (self.query or self.support).precompute(fn, batch_size, progress)
+        self._queries = None
+
+    def with_shots(self, shots: int) -> AllClassesEpisodes:
+        """The same classes and queries with ``shots`` support texts per class, sharing the texts'
+        features computed so far (a benchmark scores K = 1, 5, 10 on one pass over the test split)."""
+        other = AllClassesEpisodes(self.support, self.query, shots, self.what)
+        other._fn, other._cache, other._queries = self._fn, self._cache, self._queries
+        return other
+
+    def picks(self, seed: int, d: int) -> list[np.ndarray]:
+        """Draw ``d``'s support: per class, the indices of its ``shots`` texts in ``support``."""
+        rng = np.random.default_rng([seed, ALL_CLASSES_STREAM, d])
+        return [np.sort(rng.choice(self.support.count(c), size=self.shots, replace=False)) for c in range(self.ways)]
+
+    def _support_x(self, picks: list[np.ndarray]) -> Arrays:
+        if self._fn is None or self.query is None:  # tokens, or a pool whose every text is features already
+            return self.support.take(list(enumerate(picks)))
+        todo = [(c, int(i)) for c, idx in enumerate(picks) for i in idx if (c, int(i)) not in self._cache]
+        todo.sort(key=lambda ci: len(self.support.rows[ci[0]][ci[1]]))
+        for start in range(0, len(todo), 256):
+            chunk = todo[start : start + 256]
+            out = np.asarray(self._fn(pad([self.support.rows[c][i] for c, i in chunk])), dtype=np.float32)
+            self._cache.update(zip(chunk, out, strict=True))
+        return {"features": np.stack([self._cache[(c, int(i))] for c, idx in enumerate(picks) for i in idx])}
+
+    def _query_xy(self, picks: list[np.ndarray]) -> tuple[Arrays, np.ndarray]:
+        if self.query is not None:
+            if self._queries is None:
+                pool = self.query
+                order = sorted(((c, i) for c in range(pool.num_classes) for i in range(pool.count(c))), key=lambda ci: len(pool.rows[ci[0]][ci[1]]))
+                x = pool.take([(c, np.array([i])) for c, i in order])
+                self._queries = (x, np.array([self.query_labels[c] for c, _ in order], dtype=np.int64))
+            return self._queries
+        pool = self.support
+        rest = [(c, i) for c in range(self.ways) for i in np.setdiff1d(np.arange(pool.count(c)), picks[c])]
+        rest.sort(key=lambda ci: len(pool.rows[ci[0]][int(ci[1])]))
+        return pool.take([(c, np.array([i])) for c, i in rest]), np.array([c for c, _ in rest], dtype=np.int64)
+
+    def draw(self, seed: int, d: int) -> EpisodeBatch:
+        """Draw ``d`` as an episode batch of one task: support (1, N*K, ...), class-major; queries (1, Q, ...)."""
+        picks = self.picks(seed, d)
+        sx = self._support_x(picks)
+        qx, qy = self._query_xy(picks)
+        sy = np.repeat(np.arange(self.ways), self.shots).astype(np.int64)
+        return EpisodeBatch({k: v[None] for k, v in sx.items()}, sy[None], {k: v[None] for k, v in qx.items()}, qy[None], np.arange(self.ways)[None])
 
 
 # --- the sources --------------------------------------------------------------------------------
@@ -599,6 +730,57 @@ class Intents:
         pool = TextPool.from_texts(test, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
         return TextEpisodes(pool, ways, shots, queries, f"{proto or 'intents'} test")
 
+    def _protocol_of(self, meta: dict[str, Any], arg: str | None, protocol: str | None) -> tuple[dict[str, Path], str | None, bool]:
+        """The datasets under ``arg``, the protocol to use (as :meth:`held_out` chooses it) and whether
+        ``arg`` is the run's own data."""
+        spec = f"intents:{arg}"
+        root = Path(str(arg)).expanduser()
+        found = find_datasets(root, spec)
+        recorded = meta.get("data", {})
+        same = _same_path(root, recorded, "intents")
+        if protocol is None and same:
+            return found, recorded.get("protocol"), same
+        return found, (intents_protocol(protocol, found, spec) if protocol is not None else None), same
+
+    def _validation(self, meta: dict[str, Any], arg: str | None) -> Texts:
+        """The run's validation intents (``train``-split texts), split as meta-training split them."""
+        cfg = meta.get("config", {})
+        found, proto, _ = self._protocol_of(meta, arg, None)
+        return protocol_texts(found, proto, float(cfg.get("val_classes", 0.1)), int(cfg.get("seed", 0)), int(cfg.get("ways", 2)))["val"]
+
+    def all_classes(self, meta: dict[str, Any], arg: str | None, shots: int, protocol: str | None, split: str = "test") -> AllClassesEpisodes:
+        """Every test intent of the protocol (as :meth:`held_out` chooses them): support texts drawn from
+        their ``train`` split, queries = their whole ``test`` split. ``split="val"``: every validation
+        intent of the run, support and queries both from their ``train``-split texts (disjoint)."""
+        prep = _text_run(meta, f"intents:{arg}")
+        tok = load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"]))
+        length = int(prep["max_length"])
+        if split == "val":
+            return AllClassesEpisodes(TextPool.from_texts(self._validation(meta, arg), tok, length), None, shots, "validation")
+        found, proto, same = self._protocol_of(meta, arg, protocol)
+        train, test = evaluation_texts(found, proto, "train"), evaluation_texts(found, proto, "test")
+        if proto is None and same and "val" in meta.get("split", {}):
+            keep = set(meta["split"]["val"])
+            train, test = ({k: v for k, v in t.items() if k in keep} for t in (train, test))
+        what = f"{proto or 'intents'} test"
+        return AllClassesEpisodes(TextPool.from_texts(train, tok, length), TextPool.from_texts(test, tok, length), shots, what)
+
+    def by_domain(self, meta: dict[str, Any], arg: str | None, shots: int, queries: int, protocol: str | None, split: str = "test") -> DomainEpisodes:
+        """Whole-domain episodes of the ``domains`` protocol: every intent of one test domain (travel or
+        utility; ``test`` split), or with ``split="val"`` of the validation domain (work; ``train`` split)."""
+        spec = f"intents:{arg}"
+        prep = _text_run(meta, spec)
+        found, proto, _ = self._protocol_of(meta, arg, protocol)
+        if proto != "domains":
+            raise MetactlError(f"--by-domain draws whole CLINC150 domains; the protocol here is {proto or 'none'}.", "Add --protocol domains.")
+        names, part_split = (VAL_DOMAINS, "train") if split == "val" else (TEST_DOMAINS, "test")
+        part = _domain_part(found)
+        texts = part(names, part_split)
+        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        index = {label: c for c, label in enumerate(pool.labels)}
+        groups = {d: [index[i] for i in part((d,), part_split)] for d in names}
+        return DomainEpisodes(pool, groups, shots, queries, f"{'validation' if split == 'val' else 'test'} domain")
+
 
 class LabeledText:
     """``text:PATH`` (and a bare ``.csv``/``.tsv``/``.jsonl`` path): a user's labeled texts."""
@@ -643,13 +825,27 @@ class LabeledText:
         pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
         return TextEpisodes(pool, ways, shots, queries, "evaluation")
 
+    def all_classes(self, meta: dict[str, Any], arg: str | None, shots: int, protocol: str | None, split: str = "test") -> AllClassesEpisodes:
+        """Every label :meth:`held_out` would sample (``split="val"``: the run's validation labels); the
+        texts not drawn as support are the queries."""
+        if split != "val":
+            return AllClassesEpisodes(self.held_out(meta, arg, 2, 1, 0, protocol).pool, None, shots)
+        prep = _text_run(meta, f"text:{arg}")
+        keep = set(meta.get("split", {}).get("val", []))
+        texts = {k: v for k, v in read_labeled_texts(Path(str(arg)).expanduser(), f"text:{arg}").items() if k in keep}
+        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        return AllClassesEpisodes(pool, None, shots, "validation")
+
 
 __all__ = [
+    "ALL_CLASSES_STREAM",
     "DATASETS",
     "INTENT_PROTOCOLS",
     "TEST_DOMAINS",
     "TRAIN_DOMAINS",
     "VAL_DOMAINS",
+    "AllClassesEpisodes",
+    "DomainEpisodes",
     "Intents",
     "LabeledText",
     "TextEpisodes",

@@ -1,0 +1,494 @@
+"""Few-shot intents on unseen datasets: every row adapted on exactly the same K examples per intent.
+
+    python examples/benchmarks/intents.py --unseen clinc150 banking77 hwu64 --shots 1 5 10 --draws 3 \\
+        --run clinc150=runs/intents-clinc150 --run banking77=runs/intents-banking77 --run hwu64=runs/intents-hwu64 \\
+        [--pretrain-run UNSEEN=RUN] [--skip-finetune] [--skip-setfit] [--onnx-shots 5] [--out-dir examples/results]
+
+The setting (``metactl evaluate --all-classes``): all intents of the unseen dataset, K labeled texts per
+intent drawn from its ``train`` split (draw d is a function of ``--seed`` and d only, the same for every
+row and for ``metactl evaluate``), scored on its whole in-scope ``test`` split. The rows:
+
+- ``centroid``, ``probe``: nearest class centroid and logistic regression on the frozen encoder (metactl's
+  baselines; their runs learn nothing and are made here with ``--steps 1`` on a 4-label placeholder CSV);
+- ``pretrain``: a ``--algo pretrain`` run given with ``--pretrain-run UNSEEN=RUN`` (supervised pre-training
+  on the two other datasets), then fine-tuning a zero head; the learning rate and step count are the best
+  of ``--pretrain-lrs`` x 1..``--pretrain-steps`` on the run's validation intents (``--split val``: intents
+  of the two training datasets, ``train`` split) with the same K, never on a test split;
+- ``finetune``: all of the encoder plus a new linear head trained on the K examples per intent (this
+  script's own loop: AdamW, batches of 16, at most ``--ft-epochs`` epochs and ``--ft-max-steps`` steps),
+  the learning rate the best of ``--ft-lrs`` on the validation intents of the protocol (``--val-classes``
+  0.1 of the training datasets' intents, seed 0: the intents the presets validate on); ``--skip-finetune``;
+- ``setfit``: the ``setfit`` package (optional: ``pip install setfit``) on the same encoder folder, its
+  default contrastive fine-tuning and logistic-regression head, ``max_steps`` capped at ``--setfit-max-steps``;
+- one row per ``--run UNSEEN=RUN`` (meta-trained runs, e.g. from ``examples/configs/intents-UNSEEN.toml``),
+  adapted with the run's own test-time steps and learned α;
+- ``onnx``: the best ``--run`` row at the first ``--onnx-shots`` K (or ``--onnx-from ROW``), adapted on each
+  draw (``metactl adapt``), exported (``metactl export --onnx --quantize int8``) and scored through
+  onnxruntime + tokenizers, float and int8, with batch-1 latency and file size.
+
+Per row and K: accuracy (mean ± 95 % CI over the draws, and each draw), adaptation seconds (draw 0: from
+the K texts per intent on disk to a ready model, model loading included), model size. Writes
+``OUT_DIR/intents-UNSEEN.json`` (and ``.png`` with matplotlib); ``results_docs.py`` renders the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+UNSEEN = ("clinc150", "banking77", "hwu64")
+
+
+def cell(values: np.ndarray) -> dict[str, Any]:
+    """Mean ± 95 % CI (1.96 std / sqrt(n), as ``metactl evaluate``) over draws."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "ci95": float(1.96 * v.std() / np.sqrt(len(v))), "per_draw": v.tolist()}
+
+
+def mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 1)
+
+
+class Bench:
+    """One unseen dataset: its texts, the shared sampler (features computed once) and the rows."""
+
+    def __init__(self, args: argparse.Namespace, unseen: str, work: Path) -> None:
+        from metactl.data.text import evaluation_texts, find_datasets
+
+        self.args, self.unseen, self.work = args, unseen, work
+        self.protocol = f"unseen-{unseen}"
+        self.data = f"intents:{args.intents}"
+        self.found = find_datasets(args.intents, self.data)
+        self.train_texts = evaluation_texts(self.found, self.protocol, "train")
+        self.test_texts = evaluation_texts(self.found, self.protocol, "test")
+        self.samplers: dict[int, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    # --- the draws -------------------------------------------------------------------------------
+
+    def sampler(self, meta: dict[str, Any], learner: Any, shots: int) -> Any:
+        """The all-classes sampler for K = ``shots``; the frozen body's features computed once for all K."""
+        from metactl.data import all_classes_sampler
+        from metactl.evaluate import feature_fn
+
+        if not self.samplers:
+            base = all_classes_sampler(meta, self.data, shots, self.protocol)
+            base.precompute(feature_fn(learner, "cpu"))
+            self.samplers[shots] = base
+        if shots not in self.samplers:
+            self.samplers[shots] = next(iter(self.samplers.values())).with_shots(shots)
+        return self.samplers[shots]
+
+    def support_texts(self, shots: int, d: int) -> dict[str, list[str]]:
+        """Draw d's support texts (the sampler's picks, applied to the same ordered texts)."""
+        from metactl.data.text import AllClassesEpisodes, TextPool
+
+        pool = TextPool(list(self.train_texts), [[np.zeros(1, np.int64)] * len(t) for t in self.train_texts.values()])
+        picks = AllClassesEpisodes(pool, None, shots).picks(self.args.seed, d)
+        return {label: [texts[int(i)] for i in idx] for (label, texts), idx in zip(self.train_texts.items(), picks, strict=True)}
+
+    def support_folder(self, shots: int, d: int) -> Path:
+        folder = self.work / f"support-{shots}shot-draw{d}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for label, texts in self.support_texts(shots, d).items():
+                (folder / f"{label.split('/', 1)[1]}.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+        return folder
+
+    def test_pairs(self) -> tuple[list[str], list[str]]:
+        texts = [t for ts in self.test_texts.values() for t in ts]
+        labels = [label.split("/", 1)[1] for label, ts in self.test_texts.items() for _ in ts]
+        return texts, labels
+
+    # --- rows scored by metactl (the same code path as ``metactl evaluate --all-classes``) ---------
+
+    def metactl_row(
+        self, name: str, run: Path, description: str, command: str, steps: int | None = None, lr: float | None = None, only: list[int] | None = None
+    ) -> dict[str, Any]:
+        from metactl import runs
+        from metactl.config import TrainConfig
+        from metactl.evaluate import run_curve
+
+        meta, learner = runs.load_run(run)
+        cfg = TrainConfig(**meta["config"])
+        k = steps if steps is not None else cfg.test_inner_steps
+        frozen = learner.model.features_fixed()
+        row: dict[str, Any] = {"row": name, "description": description, "run": str(run), "algorithm": cfg.algo, "adapt": cfg.adapt, "cells": {}}
+        for shots in only or self.args.shots:
+            t0 = time.perf_counter()
+            if frozen:
+                values = run_curve(meta, learner, self.sampler(meta, learner, shots), self.args.draws, k, self.args.seed, inner_lr=lr, precompute=False)
+            else:
+                from metactl.data import all_classes_sampler
+
+                values = run_curve(meta, learner, all_classes_sampler(meta, self.data, shots, self.protocol), self.args.draws, k, self.args.seed, inner_lr=lr)
+            c = cell(values[:, k])
+            c["score_seconds"] = round(time.perf_counter() - t0, 1)
+            c["adapt_seconds"] = self.adapt_seconds(run, shots, k)
+            c["command"] = (
+                f"metactl evaluate --from {run} --data {self.data} --protocol {self.protocol} --all-classes --shots {shots} "
+                f"--episodes {self.args.draws} --seed {self.args.seed} --steps {k}" + (f" --inner-lr {lr}" if lr is not None else "")
+            )
+            row["cells"][str(shots)] = c
+            print(f"  {name} {shots}-shot: {100 * c['mean']:.1f} ± {100 * c['ci95']:.1f}", flush=True)
+        theta_mb = round(sum(v.numel() for v in learner.params.values()) * 4 / 2**20, 1)
+        row["model_mb"] = theta_mb if cfg.train_body or cfg.adapt == "all" else round(self.body_mb() + theta_mb, 1)  # float32
+        row["command"] = command
+        return row
+
+    def adapt_seconds(self, run: Path, shots: int, steps: int) -> float:
+        """``metactl adapt`` on draw 0's support folder: seconds from the call to the adapted folder on disk."""
+        from metactl.adapt import adapt
+
+        t0 = time.perf_counter()
+        adapt(self.support_folder(shots, 0), run, steps=steps, out=self.work / "adapted-timing", force=True)
+        return round(time.perf_counter() - t0, 1)
+
+    def body_mb(self) -> float:
+        return mb(self.args.backbone / "model.safetensors")
+
+    def baseline_runs(self) -> dict[str, Path]:
+        """centroid and probe runs (nothing learned; ``--steps 1`` on a placeholder CSV)."""
+        from metactl.config import TrainConfig
+        from metactl.train import meta_train
+
+        out = {}
+        csv_path = self.work.parent / "placeholder.csv"
+        if not csv_path.exists():
+            csv_path.write_text("text,label\n" + "".join(f"example {i} of {lab},{lab}\n" for lab in "abcd" for i in range(3)), encoding="utf-8")
+        for algo in ("centroid", "probe"):
+            run = self.work.parent / f"run-{algo}"
+            if not (run / "theta.safetensors").exists():
+                cfg = TrainConfig(
+                    algo=algo, backbone=str(self.args.backbone), adapt="head", data=f"text:{csv_path}", ways=2, shots=1, query_shots=1, steps=1,
+                    eval_every=0, eval_episodes=1, val_classes=0.5,
+                )  # fmt: skip
+                meta_train(cfg, run, force=True)
+            out[algo] = run
+        return out
+
+    # --- pretrain: the learning rate and steps chosen on the validation intents ------------------
+
+    def pretrain_row(self, run: Path) -> dict[str, Any]:
+        from metactl.evaluate import evaluate_runs
+
+        choice = {}
+        for shots in self.args.shots:
+            best = (-1.0, 0.0, 0)
+            for lr in self.args.pretrain_lrs:
+                r = evaluate_runs(
+                    [run], shots=shots, episodes=1, steps=self.args.pretrain_steps, seed=self.args.seed, split="val", inner_lr=lr, all_classes=True
+                )[0]
+                for s in r["steps"][1:]:
+                    best = max(best, (s["mean"], lr, s["step"]))
+            choice[str(shots)] = {"val_accuracy": best[0], "inner_lr": best[1], "steps": best[2]}
+        cells = {}
+        for shots in self.args.shots:
+            c = choice[str(shots)]
+            sub = self.metactl_row("pretrain", run, "", "", steps=c["steps"], lr=c["inner_lr"], only=[shots])  # each K with its own choice
+            cells[str(shots)] = {**sub["cells"][str(shots)], "choice": c}
+        row = {**sub, "cells": cells, "row": "pretrain", "description": "supervised pre-training on the two other datasets, then fine-tuning a zero head"}
+        grid = ", ".join(str(x) for x in self.args.pretrain_lrs)
+        row["command"] = f"metactl evaluate --from {run} --split val --all-classes --inner-lr LR --steps {self.args.pretrain_steps} (LR in {grid})"
+        return row
+
+    # --- plain fine-tuning of the whole encoder ----------------------------------------------------
+
+    def finetune_row(self) -> dict[str, Any]:
+        from metactl.data.text import AllClassesEpisodes, TextPool, load_tokenizer, protocol_texts
+
+        val = protocol_texts(self.found, self.protocol, 0.1, 0, 10)["val"]
+        tok = load_tokenizer(self.args.backbone / "tokenizer.json", 64)
+        val_pool = TextPool.from_texts(val, tok, 64)
+        row: dict[str, Any] = {"row": "finetune", "description": "MiniLM + a new head, all weights trained on the K examples", "cells": {}}
+        for shots in self.args.shots:
+            grid = {}
+            vs = AllClassesEpisodes(val_pool, None, shots, "validation")
+            picks = vs.picks(self.args.seed, 0)
+            names = list(val)
+            support = {n: [val[n][int(i)] for i in idx] for n, idx in zip(names, picks, strict=True)}
+            rest = [(t, c) for c, n in enumerate(names) for i, t in enumerate(val[n]) if i not in set(picks[c].tolist())]
+            for lr in self.args.ft_lrs:
+                grid[str(lr)] = self.finetune_once(support, rest[:: max(1, len(rest) // 1000)], lr)[0]
+            lr = max(self.args.ft_lrs, key=lambda x: grid[str(x)])
+            accs, secs = [], []
+            texts, labels = self.test_pairs()
+            for d in range(self.args.draws):
+                sup = {label.split("/", 1)[1]: ts for label, ts in self.support_texts(shots, d).items()}
+                order = list(sup)
+                acc, s = self.finetune_once(sup, [(t, order.index(lab)) for t, lab in zip(texts, labels, strict=True)], lr)
+                accs.append(acc)
+                secs.append(s)
+            row["cells"][str(shots)] = {**cell(np.array(accs)), "adapt_seconds": round(secs[0], 1), "choice": {"lr": lr, "val_grid": grid}}
+            print(f"  finetune {shots}-shot (lr {lr}): {100 * np.mean(accs):.1f}", flush=True)
+        row["model_mb"] = self.body_mb()
+        row["settings"] = {"epochs": self.args.ft_epochs, "max_steps": self.args.ft_max_steps, "batch": 16, "lrs": self.args.ft_lrs, "optimizer": "AdamW"}
+        return row
+
+    def finetune_once(self, support: dict[str, list[str]], queries: list[tuple[str, int]], lr: float) -> tuple[float, float]:
+        """Accuracy on ``queries`` after fine-tuning MiniLM (mean pooling, L2 normalised) + a zero linear head; training seconds."""
+        import torch
+        import torch.nn.functional as F
+        from tokenizers import Tokenizer
+        from transformers import AutoModel
+
+        torch.manual_seed(self.args.seed)
+        tok = Tokenizer.from_file(str(self.args.backbone / "tokenizer.json"))
+        tok.enable_truncation(64)
+        tok.enable_padding()
+
+        def embed(model: Any, texts: list[str]) -> torch.Tensor:
+            enc = tok.encode_batch(texts)
+            ids = torch.tensor([e.ids for e in enc])
+            mask = torch.tensor([e.attention_mask for e in enc])
+            h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            return F.normalize(pooled, dim=-1)
+
+        t0 = time.perf_counter()
+        model = AutoModel.from_pretrained(str(self.args.backbone))
+        labels = list(support)
+        head = torch.nn.Linear(model.config.hidden_size, len(labels))
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=lr)
+        xs = [(t, c) for c, label in enumerate(labels) for t in support[label]]
+        rng = np.random.default_rng(self.args.seed)
+        step = 0
+        model.train()
+        for _ in range(self.args.ft_epochs):
+            for lo in range(0, len(xs), 16):
+                if step >= self.args.ft_max_steps:
+                    break
+                if lo == 0:
+                    rng.shuffle(xs)
+                batch = xs[lo : lo + 16]
+                loss = F.cross_entropy(head(embed(model, [t for t, _ in batch])) * 20, torch.tensor([c for _, c in batch]))  # scale 20: cosine logits
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+        seconds = time.perf_counter() - t0
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for lo in range(0, len(queries), 128):
+                part = queries[lo : lo + 128]
+                pred = head(embed(model, [t for t, _ in part])).argmax(-1)
+                correct += int((pred == torch.tensor([c for _, c in part])).sum())
+        return correct / max(len(queries), 1), seconds
+
+    # --- SetFit ------------------------------------------------------------------------------------
+
+    def setfit_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"row": "setfit", "description": "SetFit: contrastive fine-tuning of MiniLM + logistic regression", "cells": {}}
+        try:
+            from datasets import Dataset
+            from setfit import SetFitModel, Trainer, TrainingArguments
+        except ImportError as exc:
+            row["status"] = f"not installed ({exc.name})"
+            return row
+        import setfit
+
+        texts, labels = self.test_pairs()
+        for shots in self.args.shots:
+            accs, secs = [], []
+            for d in range(self.args.draws):
+                sup = {label.split("/", 1)[1]: ts for label, ts in self.support_texts(shots, d).items()}
+                t0 = time.perf_counter()
+                model = SetFitModel.from_pretrained(str(self.args.backbone))
+                train = Dataset.from_dict({"text": [t for ts in sup.values() for t in ts], "label": [lab for lab, ts in sup.items() for _ in ts]})
+                targs = TrainingArguments(output_dir=str(self.work / "setfit"), max_steps=self.args.setfit_max_steps, seed=self.args.seed)
+                trainer = Trainer(model=model, args=targs, train_dataset=train)
+                trainer.train()
+                secs.append(time.perf_counter() - t0)
+                pred = list(model.predict(texts, batch_size=128))
+                accs.append(float(np.mean([str(p) == y for p, y in zip(pred, labels, strict=True)])))
+            row["cells"][str(shots)] = {**cell(np.array(accs)), "adapt_seconds": round(secs[0], 1)}
+            print(f"  setfit {shots}-shot: {100 * np.mean(accs):.1f}", flush=True)
+        row["model_mb"] = self.body_mb()
+        row["settings"] = {"version": setfit.__version__, "max_steps": self.args.setfit_max_steps, "otherwise": "SetFit's TrainingArguments defaults"}
+        return row
+
+    # --- ONNX --------------------------------------------------------------------------------------
+
+    def onnx_row(self, source: dict[str, Any]) -> dict[str, Any]:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from metactl.adapt import adapt
+        from metactl.export import export
+
+        run = Path(source["run"])
+        row: dict[str, Any] = {"row": "onnx", "description": f"{source['row']} exported to ONNX, scored in onnxruntime", "source": source["row"], "cells": {}}
+        texts, labels = self.test_pairs()
+        for shots in self.args.onnx_shots:
+            if str(shots) not in source["cells"]:
+                continue
+            steps = int(source["cells"][str(shots)]["command"].split("--steps ")[1].split()[0])
+            float_acc, int8_acc, lat_f, lat_q = [], [], [], []
+            for d in range(self.args.draws):
+                adapted, exported = self.work / f"onnx-adapted-{shots}-{d}", self.work / f"onnx-export-{shots}-{d}"
+                adapt(self.support_folder(shots, d), run, steps=steps, out=adapted, force=True)
+                export(adapted, exported, quantize="int8", force=True)
+                tok = Tokenizer.from_file(str(exported / "tokenizer.json"))
+                id2label = json.loads((exported / "config.json").read_text())["id2label"]
+                for name, accs, lats in (("model.onnx", float_acc, lat_f), ("model.int8.onnx", int8_acc, lat_q)):
+                    session = ort.InferenceSession(str(exported / name), providers=["CPUExecutionProvider"])
+                    correct = 0
+                    for lo in range(0, len(texts), 64):
+                        enc = tok.encode_batch(texts[lo : lo + 64])
+                        feed = {"input_ids": np.array([e.ids for e in enc], np.int64), "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+                        pred = session.run(["probabilities"], feed)[0].argmax(1)
+                        correct += sum(id2label[str(int(p))] == y for p, y in zip(pred, labels[lo : lo + 64], strict=True))
+                    accs.append(correct / len(texts))
+                    if d == 0:
+                        times = []
+                        for t in texts[: self.args.latency_texts]:
+                            e = tok.encode(t)
+                            feed = {"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask], np.int64)}
+                            t0 = time.perf_counter()
+                            session.run(["probabilities"], feed)
+                            times.append(time.perf_counter() - t0)
+                        lats.append(1000 * statistics.median(times))
+            row["cells"][str(shots)] = {
+                **cell(np.array(float_acc)),
+                "int8": cell(np.array(int8_acc)),
+                "torch": source["cells"][str(shots)]["per_draw"],
+                "latency_ms": {"float": round(lat_f[0], 2), "int8": round(lat_q[0], 2)},
+            }
+            row["model_mb"] = {"float": mb(exported / "model.onnx"), "int8": mb(exported / "model.int8.onnx")}
+            print(f"  onnx {shots}-shot: float {100 * np.mean(float_acc):.1f}, int8 {100 * np.mean(int8_acc):.1f}", flush=True)
+        return row
+
+    # --- all rows ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        t_all = time.perf_counter()
+        a = self.args
+        for algo, run in self.baseline_runs().items():
+            label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
+            self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
+        pre = a.pretrain_run.get(self.unseen)
+        self.rows.append(self.pretrain_row(pre) if pre else {"row": "pretrain", "status": "not run (no --pretrain-run given)", "cells": {}})
+        self.rows.append({"row": "finetune", "status": "skipped (--skip-finetune)", "cells": {}} if a.skip_finetune else self.finetune_row())
+        self.rows.append({"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}} if a.skip_setfit else self.setfit_row())
+        metactl_rows = []
+        for run in a.run.get(self.unseen, []):
+            from metactl.runs import read_meta
+
+            cfg = read_meta(run)["config"]
+            desc = f"metactl {cfg['algo']} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
+            metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
+        self.rows.extend(metactl_rows)
+        onnx_from = [r for r in self.rows if r["row"] == a.onnx_from] if a.onnx_from else metactl_rows
+        scored = [r for r in onnx_from if any(str(k) in r.get("cells", {}) for k in a.onnx_shots)]
+        if scored and a.onnx_shots:
+            best = max(scored, key=lambda r: r["cells"][str(a.onnx_shots[0])]["mean"])
+            self.rows.append(self.onnx_row(best))
+        else:
+            self.rows.append({"row": "onnx", "status": "not run (no metactl run given)", "cells": {}})
+        return {
+            "unseen": self.unseen,
+            "protocol": self.protocol,
+            "intents": len(self.test_texts),
+            "test_texts": sum(len(t) for t in self.test_texts.values()),
+            "shots": a.shots,
+            "draws": a.draws,
+            "seed": a.seed,
+            "backbone": str(a.backbone),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "rows": self.rows,
+            "seconds": round(time.perf_counter() - t_all, 1),
+        }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in result["rows"]:
+        ks = [int(k) for k in r.get("cells", {}) if r["cells"][k]]
+        if ks:
+            ys = [100 * r["cells"][str(k)]["mean"] for k in ks]
+            es = [100 * r["cells"][str(k)]["ci95"] for k in ks]
+            ax.errorbar(ks, ys, yerr=es, marker="o", capsize=3, label=r["row"])
+    ax.set(xlabel="K (labeled texts per intent)", ylabel="accuracy (%)", title=f"all {result['intents']} intents of {result['unseen']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def pairs(items: list[str], what: str) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for item in items:
+        unseen, sep, path = item.partition("=")
+        if not sep or unseen not in UNSEEN:
+            raise SystemExit(f"{what} {item}: write UNSEEN=PATH with UNSEEN one of {', '.join(UNSEEN)}")
+        out.setdefault(unseen, []).append(Path(path))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--unseen", nargs="+", choices=UNSEEN, default=list(UNSEEN))
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10])
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", action="append", default=[], metavar="UNSEEN=RUN", help="a meta-trained run to score (repeatable)")
+    p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
+    p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0])
+    p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--skip-finetune", action="store_true")
+    p.add_argument("--ft-lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4])
+    p.add_argument("--ft-epochs", type=int, default=10)
+    p.add_argument("--ft-max-steps", type=int, default=300)
+    p.add_argument("--skip-setfit", action="store_true")
+    p.add_argument("--setfit-max-steps", type=int, default=300)
+    p.add_argument("--onnx-shots", nargs="*", type=int, default=[5])
+    p.add_argument("--onnx-from", default=None, help="the row to export (default: the best --run row)")
+    p.add_argument("--latency-texts", type=int, default=100)
+    p.add_argument("--backbone", type=Path, default=SHARED / "models" / "all-MiniLM-L6-v2")
+    p.add_argument("--intents", type=Path, default=SHARED / "datasets" / "intents")
+    p.add_argument("--workdir", type=Path, default=Path("runs/intents-bench"))
+    p.add_argument("--out-dir", type=Path, default=ROOT / "examples" / "results")
+    args = p.parse_args(argv)
+    args.run = pairs(args.run, "--run")
+    args.pretrain_run = {k: v[-1] for k, v in pairs(args.pretrain_run, "--pretrain-run").items()}
+    args.backbone, args.intents = args.backbone.resolve(), args.intents.resolve()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for unseen in args.unseen:
+        print(f"{unseen}: all intents, K = {args.shots}, {args.draws} draws", flush=True)
+        work = args.workdir / unseen
+        work.mkdir(parents=True, exist_ok=True)
+        result = Bench(args, unseen, work).run()
+        dest = args.out_dir / f"intents-{unseen}.json"
+        with tempfile.NamedTemporaryFile("w", dir=args.out_dir, delete=False, suffix=".tmp") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        Path(f.name).replace(dest)
+        plot(result, dest.with_suffix(".png"))
+        print(f"{dest} ({result['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

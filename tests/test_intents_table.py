@@ -1,0 +1,44 @@
+"""The unseen-intents table in docs/results.md renders from whatever rows ``examples/benchmarks/intents.py``
+wrote (rows not run, K values missing, the ONNX row), says "not run yet" without a JSON, and the docs
+match the JSON files in ``examples/results``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _results_docs():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("results_docs", ROOT / "examples" / "benchmarks" / "results_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_intents_table_renders_whatever_rows_the_json_has(tmp_path: Path) -> None:
+    docs = _results_docs()
+    assert docs.intents(tmp_path)[0].startswith("Not run yet")
+    result = {
+        "unseen": "hwu64", "intents": 64, "test_texts": 1076, "shots": [1, 5],
+        "rows": [
+            {"row": "centroid", "description": "nearest class centroid", "model_mb": 86.7,
+             "cells": {"1": {"mean": 0.6123, "ci95": 0.0101, "adapt_seconds": 3.2}, "5": {"mean": 0.8, "ci95": 0.0, "adapt_seconds": 4.0}}},
+            {"row": "setfit", "status": "not installed (setfit)", "cells": {}},
+            {"row": "onnx", "description": "exported", "model_mb": {"float": 86.8, "int8": 21.9},
+             "cells": {"5": {"mean": 0.8, "ci95": 0.0, "int8": {"mean": 0.79}, "latency_ms": {"float": 4.21, "int8": 2.05}}}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "intents-hwu64.json").write_text(json.dumps(result))
+    lines = docs.intents(tmp_path)
+    assert lines[0] == "| unseen (intents, test texts) | row | 1-shot | 5-shot | adaptation s (1 / 5-shot) | ONNX batch-1 ms (float / int8) | model MB |"
+    assert lines[2] == "| hwu64 (64, 1076) | nearest class centroid | 61.2 ± 1.0 | 80.0 ± 0.0 | 3 / 4 | – | 87 |"
+    assert lines[3] == "| hwu64 (64, 1076) | setfit | not installed (setfit) |  |  |  |  |"
+    assert lines[4] == "| hwu64 (64, 1076) | exported | – | 80.0 ± 0.0 (int8 79.0) | – / – | 4.2 / 2.0 | 87 / 22 |"
+
+
+def test_docs_tables_match_the_results() -> None:
+    assert _results_docs().main(["--check"]) == 0
