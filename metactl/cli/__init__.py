@@ -3,7 +3,9 @@ each command imports the library it needs inside its body."""
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 
 import typer
 
@@ -67,4 +69,14 @@ def _root(
 
 def main() -> None:
     common.PROGRAM["argv"] = True  # the metactl program (or python -m metactl), not a CliRunner in a test
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code == 130:
+            # Interrupted: the checkpoint and every file are written and closed by now. Leave at once, as
+            # the shell expects of Ctrl-C: an interpreter shut down while torch's worker threads were cut
+            # off mid-operation can abort ("terminate called without an active exception", exit -6).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
