@@ -35,3 +35,19 @@ def test_notebook_example_runs(tmp_path: Path) -> None:
     assert query > 0.2  # better than chance over five labels
     assert (tmp_path / "notebook-demo" / "export" / "README.md").is_file()
     assert seconds < 180
+
+
+def test_docs_list_each_functions_keywords_as_the_library_defines_them() -> None:
+    """The signature table of docs/python-api.md names exactly the keywords of each function."""
+    import inspect
+
+    from metactl import library
+
+    doc = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    for name in ("meta_train", "adapt", "export", "evaluate", "predict"):
+        shown = re.search(rf"`metactl\.{name}\((.*?)\)`", doc)
+        assert shown is not None, name
+        documented = {p.strip().split("=")[0].lstrip("*") for p in shown.group(1).split(",")} - {"", "*"}
+        params = inspect.signature(getattr(library, name)).parameters.values()
+        actual = {p.name for p in params} - {"command"}  # command: how the CLI passes the command line it records
+        assert documented == actual, (name, documented ^ actual)
