@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: their [default: ...] notes are text, not markup
 )
 app.command("meta-train")(meta_train.meta_train)
 app.command("adapt")(adapt.adapt)
