@@ -41,6 +41,7 @@ from metactl import loggers, runtime, train
 from metactl import plot as plotting
 from metactl import runs as rundirs
 from metactl.config import PROTOCOLS, TrainConfig, check_types, load_toml, resolve
+from metactl.data import check_split
 from metactl.errors import MetactlError
 from metactl.perf import check_device
 
@@ -398,8 +399,7 @@ def evaluate(
     of each run's α (a grid of rates on ``split="val"`` chooses a fine-tuning baseline's rate).
     ``all_classes``: every held-out class at once, ``episodes`` draws of ``shots`` examples per class,
     scored on the whole test split; ``by_domain``: CLINC150 episodes of one whole test domain."""
-    if split not in ("test", "val"):
-        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
+    check_split(split)  # before minutes are spent on the first run
     if episodes < 1:
         raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
     if protocol is not None and protocol not in PROTOCOLS:

@@ -98,12 +98,17 @@ def test_omniglot_needs_the_official_files(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_meta_train_and_evaluate_on_the_protocols_test_characters(tmp_path: Path) -> None:
+def _vinyals_run(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A tiny run meta-trained on a fake Omniglot with the Vinyals protocol: (dataset root, run dir, its metactl.json)."""
     root = fake_omniglot(tmp_path / "omni", drawings=5)
     run = tmp_path / "run"
     result = runner.invoke(app, ["meta-train", "--data", f"omniglot:{root}", "--protocol", "vinyals", *TINY, "--out", str(run)])
     assert result.exit_code == 0, result.output
-    meta = json.loads((run / "metactl.json").read_text())
+    return root, run, json.loads((run / "metactl.json").read_text())
+
+
+def test_meta_train_and_evaluate_on_the_protocols_test_characters(tmp_path: Path) -> None:
+    root, run, meta = _vinyals_run(tmp_path)
     assert meta["data"]["kind"] == "omniglot" and meta["data"]["protocol"] == "vinyals"
     assert meta["data"]["train"]["characters"] == 7 and meta["data"]["val"]["characters"] == 3
     from metactl.data import held_out_sampler
@@ -123,11 +128,7 @@ def test_split_val_scores_the_runs_validation_characters(tmp_path: Path) -> None
     from metactl.data import held_out_sampler
     from metactl.errors import MetactlError
 
-    root = fake_omniglot(tmp_path / "omni", drawings=5)
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["meta-train", "--data", f"omniglot:{root}", "--protocol", "vinyals", *TINY, "--out", str(run)])
-    assert result.exit_code == 0, result.output
-    meta = json.loads((run / "metactl.json").read_text())
+    _, run, meta = _vinyals_run(tmp_path)
     assert _ids(held_out_sampler(meta, None, 3, 1, 2, split="val").pool) == [27, 28, 29]  # Vinyals validation: Armenian
     assert _ids(held_out_sampler(meta, None, 3, 1, 2).pool) == [1201, 1202, 1203, 1204]
     with pytest.raises(MetactlError, match="own data"):

@@ -14,12 +14,10 @@ from metactl.cli.common import command_line, console, handle_errors
 def _check_run_dir(run: Path, positional: bool) -> None:
     """A MetactlError (one line) unless ``run`` is a meta-training run dir."""
     from metactl.errors import MetactlError
-    from metactl.runs import read_meta
+    from metactl.library import check_run
 
     try:
-        meta = read_meta(run)
-        if meta.get("kind") != "run":
-            raise MetactlError(f"{run}: not a meta-training run (kind={meta.get('kind')!r}).", "Pass a directory written by metactl meta-train.")
+        check_run(run)
     except MetactlError as exc:
         if not positional:
             raise

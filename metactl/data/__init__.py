@@ -50,6 +50,25 @@ def open_data(cfg: Any, progress: Callable[[int, int], None] | None = None) -> T
     return src.open(cfg, arg, progress)
 
 
+SPLITS = ("test", "val")  # metactl evaluate --split: the held-out classes | the run's validation classes
+
+
+def check_split(split: str) -> None:
+    """A MetactlError unless ``split`` is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
+
+
+def _check_own_data(meta: dict[str, Any], data: str | None, protocol: str | None) -> dict[str, Any]:
+    """``--split val`` reads the run's own data and protocol: a MetactlError if others are given; the run's config."""
+    recorded = dict(meta.get("config", {}))
+    if data is not None and data != recorded.get("data"):
+        raise MetactlError(f"--split val reads the run's own data ({recorded.get('data')}), not --data {data}.", "Drop --data, or use --split test.")
+    if protocol is not None and protocol != recorded.get("protocol"):
+        raise MetactlError(f"--split val uses the run's protocol ({recorded.get('protocol')}), not --protocol {protocol}.", "Drop --protocol.")
+    return recorded
+
+
 def held_out_sampler(
     meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None, split: str = "test"
 ) -> Sampler:
@@ -58,10 +77,9 @@ def held_out_sampler(
 
     ``split="val"``: the run's own validation classes instead (the ones meta-training validated
     on), for choosing a setting such as a fine-tuning learning rate without touching the test classes."""
+    check_split(split)
     if split == "val":
         return validation_sampler(meta, data, ways, shots, queries, protocol)
-    if split != "test":
-        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
     if data is not None:
         src, arg = resolve(data)
         return src.held_out(meta, arg, ways, shots, queries, protocol)
@@ -77,14 +95,9 @@ def held_out_sampler(
 
 def _own_or_given(meta: dict[str, Any], data: str | None, protocol: str | None, split: str, flag: str) -> tuple[TaskSource, str | None]:
     """The source and argument ``--all-classes``/``--by-domain`` read: ``data``, else the run's own data."""
-    if split not in ("test", "val"):
-        raise MetactlError(f"--split {split}: unknown.", "Use test (the held-out classes) or val (the run's validation classes).")
-    recorded = dict(meta.get("config", {}))
+    check_split(split)
     if split == "val":
-        if data is not None and data != recorded.get("data"):
-            raise MetactlError(f"--split val reads the run's own data ({recorded.get('data')}), not --data {data}.", "Drop --data, or use --split test.")
-        if protocol is not None and protocol != recorded.get("protocol"):
-            raise MetactlError(f"--split val uses the run's protocol ({recorded.get('protocol')}), not --protocol {protocol}.", "Drop --protocol.")
+        _check_own_data(meta, data, protocol)
     if data is not None:
         src, arg = resolve(data)
     else:
@@ -116,11 +129,7 @@ def validation_sampler(meta: dict[str, Any], data: str | None, ways: int, shots:
     """The validation classes of the run's own data and protocol, as meta-training split them."""
     if meta.get("task") == "regression":
         raise MetactlError("--split val: a regression run has no validation classes.", "Leave --split at test.")
-    recorded = dict(meta.get("config", {}))
-    if data is not None and data != recorded.get("data"):
-        raise MetactlError(f"--split val reads the run's own data ({recorded.get('data')}), not --data {data}.", "Drop --data, or use --split test.")
-    if protocol is not None and protocol != recorded.get("protocol"):
-        raise MetactlError(f"--split val uses the run's protocol ({recorded.get('protocol')}), not --protocol {protocol}.", "Drop --protocol.")
+    recorded = _check_own_data(meta, data, protocol)
     cfg = TrainConfig(**{**recorded, "ways": ways, "shots": shots, "query_shots": queries})
     val = open_data(cfg).val
     if val is None:
@@ -130,9 +139,11 @@ def validation_sampler(meta: dict[str, Any], data: str | None, ways: int, shots:
 
 __all__ = [
     "GROUP",
+    "SPLITS",
     "RotatedPool",
     "TaskData",
     "all_classes_sampler",
+    "check_split",
     "domain_sampler",
     "held_out_sampler",
     "open_data",
