@@ -7,6 +7,9 @@ Head set-up for the folder's number of labels N':
   with equal probability and the first step moves each row towards its class's mean feature; the
   head's learned α is kept.
 
+A text body under a head that alone adapts (``adapts_head_only``): the body runs once per
+support text (in batches of similar length) and the K steps run on its features, as in meta-training.
+
 After the K steps, BatchNorm statistics are computed once from the support set at the adapted
 weights and frozen into the model, so the adapted model's prediction for an image never depends on
 the rest of the batch: the same computation meta-training and validation used (``ref=`` support).
@@ -32,7 +35,7 @@ from metactl.api import Inputs, Params, map_inputs
 from metactl.config import TrainConfig
 from metactl.data.labeled import LabeledExamples, kind_of, read_support
 from metactl.errors import MetactlError
-from metactl.evaluate import algorithm_of_run
+from metactl.evaluate import algorithm_of_run, body_features
 from metactl.models import build_model
 from metactl.perf import check_device
 
@@ -131,6 +134,9 @@ def adapt(
     learner, spec = runs.with_head(learner, meta["model"], len(data.labels))
     sx, sy = model_input(data.examples), torch.from_numpy(data.targets)
     dx, dy = map_inputs(lambda t: t.to(device), sx), sy.to(device)
+    fixed = learner.model.adapts_head_only()
+    if fixed:  # the body never changes: its features once, not once per inner step and per check
+        dx = {"features": body_features(learner, dx)}
     trajectory = algo.adapt(learner, dx, dy, k)
     with torch.no_grad():
         losses = [float(learner.loss(learner.forward(p, dx), dy)) for p in trajectory]
@@ -140,7 +146,7 @@ def adapt(
     tensors = {k2: v.cpu() for k2, v in tensors.items()}
     model = deployable(spec, tensors)
     with torch.no_grad():
-        support_acc = float((model(sx).argmax(-1) == sy).float().mean())
+        support_acc = float((model({"features": dx["features"].cpu()} if fixed else sx).argmax(-1) == sy).float().mean())
     query_acc, per_class = None, []
     if qdata is not None:
         remap = np.array([data.labels.index(lab) for lab in qdata.labels])

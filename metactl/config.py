@@ -56,6 +56,7 @@ class TrainConfig:
     adapt: str = "auto"  # what the inner loop adapts: head | lora | all; auto = head on a --backbone, all without one
     lora_rank: int = 8  # rank of the LoRA adapters (--adapt lora)
     train_body: bool = False  # let the outer loop update the pretrained body too (inner learning rate 0)
+    body_lr: float | None = None  # outer learning rate of the pretrained body's weights (--train-body); None = meta_lr
     max_length: int = 64  # text: tokens per example (longer texts are truncated; recorded)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
@@ -114,6 +115,10 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append(f"adapt must be 'head', 'lora' or 'all' (got {cfg.adapt!r})")
     if cfg.lora_rank < 1:
         p.append(f"lora-rank must be >= 1 (got {cfg.lora_rank})")
+    if cfg.body_lr is not None and cfg.body_lr <= 0:
+        p.append(f"body-lr must be > 0 (got {cfg.body_lr})")
+    if cfg.body_lr is not None and not cfg.train_body:
+        p.append("body-lr applies to a body the outer loop trains (--train-body)")
     if cfg.max_length < 2:
         p.append(f"max-length must be >= 2 tokens (got {cfg.max_length})")
     if cfg.adapt not in ("all", "auto") and not cfg.backbone:
@@ -135,7 +140,7 @@ _DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasse
 
 def _expected_type(name: str) -> tuple[type, ...]:
     default = TrainConfig.__dataclass_fields__[name].default
-    if name in ("time_budget",):
+    if name in ("time_budget", "body_lr"):
         return (int, float)
     if name == "backbone":
         return (str,)

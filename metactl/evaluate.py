@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from metactl import callable_module, runs
 from metactl.api import Inputs, Learner, inputs_len
@@ -39,6 +40,27 @@ def feature_fn(learner: Learner, device: str) -> Callable[[dict[str, np.ndarray]
     return fn
 
 
+def body_features(learner: Any, x: Inputs, batch_size: int = 128) -> torch.Tensor:
+    """The frozen body's features of every example of ``x`` (a dict of token arrays), in order: computed
+    ``batch_size`` texts at a time, sorted by length, each batch cut to its longest text (mean pooling
+    over the attention mask makes the padding columns no text uses irrelevant)."""
+    assert isinstance(x, dict) and "attention_mask" in x  # the caller checked adapts_head_only (a text model)
+    lengths = x["attention_mask"].sum(-1)
+    order = torch.argsort(lengths, stable=True)
+    out: torch.Tensor | None = None
+    with torch.no_grad():
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            width = max(int(lengths[idx].max()), 1)
+            part = {k: v[idx][:, :width] if v.dim() == 2 else v[idx] for k, v in x.items()}
+            f = learner.features(learner.params, part).float()
+            if out is None:
+                out = f.new_empty((len(order), f.shape[-1]))
+            out[idx] = f
+    assert out is not None
+    return out
+
+
 def _rows(x: Inputs, lo: int, hi: int) -> Inputs:
     """Rows ``lo:hi`` of a task's examples; token arrays lose the padding columns no row of them uses."""
     if not isinstance(x, dict):
@@ -57,11 +79,19 @@ def predict_in_chunks(learner: Learner, params: Any, sx: Inputs, qx: Inputs, chu
     return torch.cat([learner.forward(params, _rows(qx, lo, min(lo + chunk, n))) for lo in range(0, n, chunk)])
 
 
+def _head_only_inputs(learner: Learner, sx: Inputs, sy: Tensor, qx: Inputs, qy: Tensor) -> tuple[Inputs, Tensor, Inputs, Tensor]:
+    """An episode's texts as their body's features when only the head adapts (the body then runs once per
+    text, not once per inner step); anything else unchanged."""
+    if learner.model.adapts_head_only() and isinstance(sx, dict) and "features" not in sx:
+        return {"features": body_features(learner, sx)}, sy, {"features": body_features(learner, qx)}, qy
+    return sx, sy, qx, qy
+
+
 def _all_classes_curve(algo: Any, learner: Learner, sampler: Any, draws: int, steps: int, seed: int, device: str) -> np.ndarray:
     """(draws, steps + 1) accuracy per draw of an every-class sampler (:meth:`draw`), queries in chunks."""
     out = np.empty((draws, steps + 1))
     for d in range(draws):
-        sx, sy, qx, qy = to_batch(sampler.draw(seed, d), device).task(0)
+        sx, sy, qx, qy = _head_only_inputs(learner, *to_batch(sampler.draw(seed, d), device).task(0))
         trajectory = algo.adapt(learner, sx, sy, steps)
         with torch.no_grad():
             for k, params in enumerate(trajectory):
@@ -82,7 +112,7 @@ def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: in
         ep = fixed(done, n) if fixed is not None else sampler.sample(episode_rng(seed, done // chunk, EVAL_STREAM), n)
         batch = to_batch(ep, device)
         for i in range(n):
-            sx, sy, qx, qy = batch.task(i)
+            sx, sy, qx, qy = _head_only_inputs(learner, *batch.task(i))
             trajectory = algo.adapt(learner, sx, sy, steps)
             with torch.no_grad():
                 for k, params in enumerate(trajectory):
@@ -120,7 +150,7 @@ def run_curve(
 ) -> np.ndarray:
     """One run's adaptation curve on ``sampler``: a zero head for another number of classes (as
     ``metactl adapt`` starts one), one inner learning rate for every tensor with ``inner_lr``, and the
-    frozen body's features computed once first (``precompute=False``: ``sampler`` has them already)."""
+    body's features computed once first when only the head adapts (``precompute=False``: ``sampler`` has them already)."""
     cfg = TrainConfig(**meta["config"])
     algo = algorithm_of_run(meta, cfg)
     n = getattr(sampler, "ways", cfg.ways)
@@ -128,7 +158,7 @@ def run_curve(
         learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
     if inner_lr is not None:
         learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
-    if precompute and learner.model.features_fixed() and hasattr(sampler, "precompute"):
+    if precompute and learner.model.adapts_head_only() and hasattr(sampler, "precompute"):
         sampler.precompute(feature_fn(learner, device))
     return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device)
 

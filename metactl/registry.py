@@ -187,9 +187,7 @@ class EntryPointGroup:
         try:
             return eps[name].load()
         except ModuleNotFoundError as exc:  # an optional extra (e.g. [text]) not installed
-            raise MetactlError(
-                f"{self.what} {name!r} needs the {exc.name} package, which is not installed.", self.missing
-            ) from None
+            raise MetactlError(f"{self.what} {name!r} needs the {exc.name} package, which is not installed.", self.missing) from None
         except Exception as exc:  # a broken plugin must not crash with a traceback
             raise MetactlError(
                 f"{self.what} {name!r} ({eps[name].value}) failed to import: {type(exc).__name__}: {exc}.", "Reinstall or fix that plugin."

@@ -171,8 +171,13 @@ def model_spec_for(data: TaskData, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The algorithm's outer optimizer (Adam by default) on θ, α (if learned) and its extra parameters."""
-    groups: list[dict[str, Any]] = [{"params": list(learner.params.values()), "name": "theta"}]
+    """The algorithm's outer optimizer (Adam by default) on θ, α (if learned) and its extra parameters.
+    With ``body_lr``, the pretrained body's weights (trained by the outer loop only) are a group of their
+    own at that learning rate: a pretrained transformer is fine-tuned at a far smaller rate than a new head."""
+    body = set(learner.outer_only) if cfg.body_lr is not None else set()
+    groups: list[dict[str, Any]] = [{"params": [v for k, v in learner.params.items() if k not in body], "name": "theta"}]
+    if body:
+        groups.append({"params": [v for k, v in learner.params.items() if k in body], "name": "body", "lr": cfg.body_lr})
     if cfg.learn_inner_lr:
         groups.append({"params": [a for a in learner.inner_lr.values() if a.requires_grad], "name": "inner_lr"})
     if learner.extra:

@@ -94,3 +94,16 @@ def test_a_changed_body_run_is_refused(body_run: Path, tmp_path: Path) -> None:
     save_file(theta, copy / "theta.safetensors")
     with pytest.raises(MetactlError, match="changed since this run was trained on top of it"):
         load_run(run)
+
+
+def test_body_lr_is_the_bodys_own_outer_learning_rate(body_run: Path, tmp_path: Path) -> None:
+    """Adam's first step moves every weight with a gradient by its group's learning rate (m/sqrt(v) = ±1):
+    the pretrained body by ``body_lr`` when given, else by ``meta_lr`` like the rest of θ."""
+    body = _body(body_run)
+    for body_lr, want in ((1e-6, 1e-6), (None, 1e-3)):
+        cfg = TrainConfig(algo="maml", steps=1, backbone=str(body_run), adapt="head", train_body=True, body_lr=body_lr, meta_lr=1e-3, **TINY)
+        theta = load_file(meta_train(cfg, out=tmp_path / f"meta-{body_lr}").run_dir / "theta.safetensors")
+        moved = torch.cat([(theta[k] - body[k]).abs().flatten() for k in body if k.endswith("weight")])
+        assert 0.9 * want < float(moved.max()) <= 1.1 * want, (body_lr, float(moved.max()))  # float32 rounding of weights near 1: ±6e-8
+    with pytest.raises(MetactlError, match="body-lr applies to a body the outer loop trains"):
+        TrainConfig(backbone=str(body_run), adapt="head", body_lr=1e-5)

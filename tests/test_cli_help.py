@@ -69,7 +69,6 @@ def test_every_option_shows_its_default() -> None:
     assert not silent, "options whose --help shows no default: " + ", ".join(silent)
 
 
-
 def test_the_rendered_help_prints_the_defaults_the_help_texts_state() -> None:
     """What a user reads: every ``[default: ...]`` note of a help text appears in ``--help``'s output
     (rich markup would swallow it as a tag)."""
@@ -82,6 +81,7 @@ def test_the_rendered_help_prints_the_defaults_the_help_texts_state() -> None:
             note = (p.help or "")[(p.help or "").find("[default:") :] if "[default:" in (p.help or "") else ""
             if note:
                 assert "".join(note.split()) in out, (name, p.opts[0], note)
+
 
 UNITS = {
     ("meta-train", "--time-budget"): "minutes",

@@ -37,3 +37,19 @@ def test_bad_toml_syntax(tmp_path: Path) -> None:
     f.write_text("ways = = 5")
     with pytest.raises(MetactlError, match="not valid TOML"):
         load_toml(f)
+
+
+def test_every_optional_key_takes_a_value_of_its_type_from_toml(tmp_path: Path) -> None:
+    """Keys whose default is None (``body-lr``, ``time-budget``, ``threads``, ``backbone`` ...) load a value
+    of the type their annotation names, not only None."""
+    import dataclasses
+
+    sample = {"float": "0.5", "int": "2", "str": '"x"'}
+    optional = [f for f in dataclasses.fields(TrainConfig) if f.default is None]
+    assert {f.name for f in optional} >= {"body_lr", "time_budget", "threads", "backbone"}
+    for f in optional:
+        kind = str(f.type).split("|")[0].strip()
+        path = tmp_path / f"{f.name}.toml"
+        companions = {"body_lr": 'backbone = "/m"\ntrain_body = true\n'}.get(f.name, "")  # what body-lr applies to
+        path.write_text(f"{companions}{f.name} = {sample[kind]}\n")
+        assert load_toml(path)[f.name] == {"float": 0.5, "int": 2, "str": "x"}[kind], f.name

@@ -228,7 +228,7 @@ def test_presets_load_and_validate(preset: str) -> None:
         assert cfg.data.startswith("omniglot:") and cfg.protocol in omniglot.PROTOCOLS and cfg.rotations
         assert (cfg.ways, cfg.shots) == (int(ways.removesuffix("way")), int(shots.removesuffix("shot")))
     elif stem.startswith("intents-"):  # run from the repository root: the paths are beside it, as CI has them
-        protocol = stem.removeprefix("intents-")
+        protocol = stem.removeprefix("intents-").split("-")[0]  # intents-<protocol>[-<variant>]
         assert cfg.backbone == "../shared/models/all-MiniLM-L6-v2" and cfg.adapt in ("head", "lora") and cfg.learn_inner_lr
         assert cfg.time_budget is not None and 0 < cfg.time_budget <= 30  # the CPU budget
         if protocol == "domains":

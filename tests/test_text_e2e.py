@@ -264,3 +264,40 @@ def _recording(held_out_sampler: Any, names: list[str]) -> Any:
         return sampler
 
     return wrapped
+
+
+def test_adapt_on_a_frozen_body_runs_it_once_and_matches_the_loop_that_runs_it_every_step(ws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a frozen body under the head, ``metactl adapt`` runs the body once per support text (batched by
+    length) and takes its 5 inner steps on those features. The reference runs the body inside every step:
+    the algorithm's own inner loop on the tokenized texts (tokenized here, padded to the longest)."""
+    from metactl.config import TrainConfig
+    from metactl.evaluate import algorithm_of_run
+    from metactl.models.text import TextClassifier
+    from metactl.runs import with_head
+
+    calls: list[int] = []
+    encode = TextClassifier.encode
+    monkeypatch.setattr(TextClassifier, "encode", lambda self, ids, mask: calls.append(ids.shape[0]) or encode(self, ids, mask))
+    adapted = ws["root"] / "adapted-once"
+    _invoke("adapt", "--from", ws["head"], "--support", ws["shots"], "--steps", "5", "--out", adapted)
+    assert calls == [3 * SHOTS], calls  # one body pass over the 15 support texts; support accuracy comes from the same features
+    monkeypatch.setattr(TextClassifier, "encode", encode)
+
+    shots = ws["shots"]
+    labels = sorted(SHOTS_AS_LINES + SHOTS_AS_FILES)
+    texts = {lab: [t for t in (shots / f"{lab}.txt").read_text(encoding="utf-8").splitlines() if t.strip()] for lab in SHOTS_AS_LINES}
+    texts.update({lab: [p.read_text(encoding="utf-8").strip() for p in sorted((shots / lab).glob("*.txt"))] for lab in SHOTS_AS_FILES})
+    tok = Tokenizer.from_file(str(ws["backbone"] / "tokenizer.json"))
+    tok.enable_truncation(MAX_LENGTH)
+    tok.enable_padding()
+    enc = tok.encode_batch([t for lab in labels for t in texts[lab]])
+    x = {"input_ids": torch.tensor([e.ids for e in enc]), "attention_mask": torch.tensor([e.attention_mask for e in enc])}
+    y = torch.tensor([i for i, lab in enumerate(labels) for _ in texts[lab]])
+    meta, learner = load_run(ws["head"])
+    learner, _ = with_head(learner, meta["model"], len(labels))
+    steps = json.loads((adapted / "metactl.json").read_text(encoding="utf-8"))["steps"]
+    phi = algorithm_of_run(meta, TrainConfig(**meta["config"])).adapt(learner, x, y, steps)[-1]
+    got = load_file(str(adapted / "model.safetensors"))
+    assert steps == 5 and float(phi["head.weight"].abs().max()) > 1e-3  # the head moved away from zero
+    for name in ("head.weight", "head.bias"):
+        torch.testing.assert_close(got[name], phi[name].detach(), atol=2e-5, rtol=1e-4)

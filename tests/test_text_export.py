@@ -243,12 +243,32 @@ def test_int8_is_dynamic_quantization_and_its_agreement_is_measured_on_the_queri
     ops = {n.op_type for n in onnx.load(str(ws["export"] / "model.int8.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops, sorted(ops)
     assert "QuantizeLinear" not in ops  # not static QDQ (which would need calibration)
+    assert quant_layout(ws["export"] / "model.int8.onnx") == {"float": [(64, 32), (64, 32)], "int8": {(32, 32): 8, (32, 64): 2, (32, 3): 1}}
     queries = [t for texts in QUERY.values() for t in texts]
     float_client, int8_client = Client(ws["export"]), Client(ws["export"], "model.int8.onnx")
     inputs = float_client.inputs(queries)
     expected = float((int8_client.probabilities(queries, inputs).argmax(1) == float_client.probabilities(queries, inputs).argmax(1)).mean())
     quant = json.loads((ws["export"] / "metactl.json").read_text())["quantization"]
     assert quant["argmax_agreement_with_float"] == expected and quant["agreement_on"] == "query texts"
+
+
+def quant_layout(path: Path) -> dict[str, Any]:
+    """The weight shapes of the float MatMuls, and of the int8 ones (MatMulInteger), each checked to carry one
+    scale per output column (per channel)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    out: dict[str, Any] = {"float": [], "int8": {}}
+    for node in graph.node:
+        w = next((inits[i] for i in node.input if i in inits), None)
+        if node.op_type == "MatMul" and w is not None and len(w.dims) == 2:
+            out["float"].append(tuple(w.dims))
+        elif node.op_type == "MatMulInteger":
+            w = inits[node.input[1]]
+            scale = inits[node.input[1].removesuffix("_quantized") + "_scale"]
+            assert tuple(scale.dims) == (w.dims[1],), (node.name, scale.dims, w.dims)
+            out["int8"][tuple(w.dims)] = out["int8"].get(tuple(w.dims), 0) + 1
+    out["float"].sort()
+    return out
 
 
 def _export_fails(ws: dict[str, Path], name: str, mp: pytest.MonkeyPatch) -> str:

@@ -2,7 +2,7 @@
 
     python examples/benchmarks/intents.py --unseen clinc150 banking77 hwu64 --shots 1 5 10 --draws 3 \\
         --run clinc150=runs/intents-clinc150 --run banking77=runs/intents-banking77 --run hwu64=runs/intents-hwu64 \\
-        [--pretrain-run UNSEEN=RUN] [--skip-finetune] [--skip-setfit] [--onnx-shots 5] [--out-dir examples/results]
+        [--pretrain-run UNSEEN=RUN] [--rows ROW ...] [--skip-finetune] [--skip-setfit] [--onnx-shots 5] [--out-dir examples/results]
 
 The setting (``metactl evaluate --all-classes``): all intents of the unseen dataset, K labeled texts per
 intent drawn from its ``train`` split (draw d is a function of ``--seed`` and d only, the same for every
@@ -21,10 +21,13 @@ row and for ``metactl evaluate``), scored on its whole in-scope ``test`` split. 
 - ``setfit``: the ``setfit`` package (optional: ``pip install setfit``) on the same encoder folder, its
   default contrastive fine-tuning and logistic-regression head, ``max_steps`` capped at ``--setfit-max-steps``;
 - one row per ``--run UNSEEN=RUN`` (meta-trained runs, e.g. from ``examples/configs/intents-UNSEEN.toml``),
-  adapted with the run's own test-time steps and learned α;
+  adapted as ``metactl adapt`` adapts them (the run's validated step count, learned α);
 - ``onnx``: the best ``--run`` row at the first ``--onnx-shots`` K (or ``--onnx-from ROW``), adapted on each
   draw (``metactl adapt``), exported (``metactl export --onnx --quantize int8``) and scored through
   onnxruntime + tokenizers, float and int8, with batch-1 latency and file size.
+
+``--rows`` computes only the rows named (centroid probe pretrain finetune setfit runs onnx) and keeps the
+others from the existing JSON, so slow rows can be added one at a time.
 
 Per row and K: accuracy (mean ± 95 % CI over the draws, and each draw), adaptation seconds (draw 0: from
 the K texts per intent on disk to a ready model, model loading included), model size. Writes
@@ -49,6 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 UNSEEN = ("clinc150", "banking77", "hwu64")
+ROWS = ("centroid", "probe", "pretrain", "finetune", "setfit", "runs", "onnx")
 
 
 def cell(values: np.ndarray) -> dict[str, Any]:
@@ -73,23 +77,25 @@ class Bench:
         self.found = find_datasets(args.intents, self.data)
         self.train_texts = evaluation_texts(self.found, self.protocol, "train")
         self.test_texts = evaluation_texts(self.found, self.protocol, "test")
-        self.samplers: dict[int, Any] = {}
+        self.samplers: dict[str, dict[int, Any]] = {}
         self.rows: list[dict[str, Any]] = []
 
     # --- the draws -------------------------------------------------------------------------------
 
-    def sampler(self, meta: dict[str, Any], learner: Any, shots: int) -> Any:
-        """The all-classes sampler for K = ``shots``; the frozen body's features computed once for all K."""
+    def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str = "frozen") -> Any:
+        """The all-classes sampler for K = ``shots``, the body's features computed once for all K: one for
+        the frozen MiniLM (shared by its rows), one per run whose outer loop trained the body (``body``)."""
         from metactl.data import all_classes_sampler
         from metactl.evaluate import feature_fn
 
-        if not self.samplers:
+        mine = self.samplers.setdefault(body, {})
+        if not mine:
             base = all_classes_sampler(meta, self.data, shots, self.protocol)
             base.precompute(feature_fn(learner, "cpu"))
-            self.samplers[shots] = base
-        if shots not in self.samplers:
-            self.samplers[shots] = next(iter(self.samplers.values())).with_shots(shots)
-        return self.samplers[shots]
+            mine[shots] = base
+        if shots not in mine:
+            mine[shots] = next(iter(mine.values())).with_shots(shots)
+        return mine[shots]
 
     def support_texts(self, shots: int, d: int) -> dict[str, list[str]]:
         """Draw d's support texts (the sampler's picks, applied to the same ordered texts)."""
@@ -123,13 +129,14 @@ class Bench:
 
         meta, learner = runs.load_run(run)
         cfg = TrainConfig(**meta["config"])
-        k = steps if steps is not None else cfg.test_inner_steps
-        frozen = learner.model.features_fixed()
+        k = steps if steps is not None else int(meta.get("adapt_steps", cfg.test_inner_steps))  # as `metactl adapt` does
+        head_only = learner.model.adapts_head_only()
+        body = "frozen" if learner.model.features_fixed() else str(run)
         row: dict[str, Any] = {"row": name, "description": description, "run": str(run), "algorithm": cfg.algo, "adapt": cfg.adapt, "cells": {}}
         for shots in only or self.args.shots:
             t0 = time.perf_counter()
-            if frozen:
-                values = run_curve(meta, learner, self.sampler(meta, learner, shots), self.args.draws, k, self.args.seed, inner_lr=lr, precompute=False)
+            if head_only:
+                values = run_curve(meta, learner, self.sampler(meta, learner, shots, body), self.args.draws, k, self.args.seed, inner_lr=lr, precompute=False)
             else:
                 from metactl.data import all_classes_sampler
 
@@ -310,7 +317,9 @@ class Bench:
                 t0 = time.perf_counter()
                 model = SetFitModel.from_pretrained(str(self.args.backbone))
                 train = Dataset.from_dict({"text": [t for ts in sup.values() for t in ts], "label": [lab for lab, ts in sup.items() for _ in ts]})
-                targs = TrainingArguments(output_dir=str(self.work / "setfit"), max_steps=self.args.setfit_max_steps, seed=self.args.seed)
+                targs = TrainingArguments(
+                    output_dir=str(self.work / "setfit"), max_steps=self.args.setfit_max_steps, seed=self.args.seed, report_to="none"
+                )  # no experiment tracker (transformers would pick any installed one)
                 trainer = Trainer(model=model, args=targs, train_dataset=train)
                 trainer.train()
                 secs.append(time.perf_counter() - t0)
@@ -378,28 +387,36 @@ class Bench:
     def run(self) -> dict[str, Any]:
         t_all = time.perf_counter()
         a = self.args
-        for algo, run in self.baseline_runs().items():
-            label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
-            self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
+        if {"centroid", "probe"} & set(a.rows):
+            for algo, run in self.baseline_runs().items():
+                if algo in a.rows:
+                    label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
+                    self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
         pre = a.pretrain_run.get(self.unseen)
-        self.rows.append(self.pretrain_row(pre) if pre else {"row": "pretrain", "status": "not run (no --pretrain-run given)", "cells": {}})
-        self.rows.append({"row": "finetune", "status": "skipped (--skip-finetune)", "cells": {}} if a.skip_finetune else self.finetune_row())
-        self.rows.append({"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}} if a.skip_setfit else self.setfit_row())
+        if "pretrain" in a.rows:
+            self.rows.append(self.pretrain_row(pre) if pre else {"row": "pretrain", "status": "not run (no --pretrain-run given)", "cells": {}})
+        if "finetune" in a.rows:
+            self.rows.append({"row": "finetune", "status": "skipped (--skip-finetune)", "cells": {}} if a.skip_finetune else self.finetune_row())
+        if "setfit" in a.rows:
+            self.rows.append({"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}} if a.skip_setfit else self.setfit_row())
         metactl_rows = []
-        for run in a.run.get(self.unseen, []):
+        for run in a.run.get(self.unseen, []) if "runs" in a.rows else []:
             from metactl.runs import read_meta
 
             cfg = read_meta(run)["config"]
-            desc = f"metactl {cfg['algo']} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
+            first = " (first order)" if cfg.get("algo_options", {}).get("first_order") else ""
+            desc = f"metactl {cfg['algo']}{first} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
+            desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "") if cfg.get("train_body") else ""
             metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
         self.rows.extend(metactl_rows)
-        onnx_from = [r for r in self.rows if r["row"] == a.onnx_from] if a.onnx_from else metactl_rows
-        scored = [r for r in onnx_from if any(str(k) in r.get("cells", {}) for k in a.onnx_shots)]
-        if scored and a.onnx_shots:
-            best = max(scored, key=lambda r: r["cells"][str(a.onnx_shots[0])]["mean"])
-            self.rows.append(self.onnx_row(best))
-        else:
-            self.rows.append({"row": "onnx", "status": "not run (no metactl run given)", "cells": {}})
+        if "onnx" in a.rows:
+            onnx_from = [r for r in self.rows if r["row"] == a.onnx_from] if a.onnx_from else metactl_rows
+            scored = [r for r in onnx_from if any(str(k) in r.get("cells", {}) for k in a.onnx_shots)]
+            if scored and a.onnx_shots:
+                best = max(scored, key=lambda r: r["cells"][str(a.onnx_shots[0])]["mean"])
+                self.rows.append(self.onnx_row(best))
+            else:
+                self.rows.append({"row": "onnx", "status": "not run (no metactl run given)", "cells": {}})
         return {
             "unseen": self.unseen,
             "protocol": self.protocol,
@@ -413,6 +430,21 @@ class Bench:
             "rows": self.rows,
             "seconds": round(time.perf_counter() - t_all, 1),
         }
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the rows of ``old`` it did not compute (``--rows``): a row is replaced by a new row of
+    its name unless the new one has no figures (skipped, not run) and the old one has."""
+    rows = {r["row"]: r for r in old.get("rows", [])}
+    for r in new["rows"]:
+        if r.get("cells") or not rows.get(r["row"], {}).get("cells"):
+            rows[r["row"]] = r
+
+    def rank(name: str) -> tuple[int, str]:
+        group = "runs" if name.startswith("metactl:") else name
+        return (ROWS.index(group) if group in ROWS else len(ROWS), name)
+
+    return {**new, "rows": [rows[n] for n in sorted(rows, key=rank)], "seconds": round(old.get("seconds", 0) + new["seconds"], 1)}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -457,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
     p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0])
     p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="compute these rows; the others are kept from OUT_DIR's JSON")
     p.add_argument("--skip-finetune", action="store_true")
     p.add_argument("--ft-lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4])
     p.add_argument("--ft-epochs", type=int, default=10)
@@ -481,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         result = Bench(args, unseen, work).run()
         dest = args.out_dir / f"intents-{unseen}.json"
+        if set(args.rows) != set(ROWS) and dest.exists():
+            result = merge(json.loads(dest.read_text(encoding="utf-8")), result)
         with tempfile.NamedTemporaryFile("w", dir=args.out_dir, delete=False, suffix=".tmp") as f:
             json.dump(result, f, indent=1)
             f.write("\n")

@@ -29,6 +29,7 @@ def meta_train(
     adapt: str = typer.Option(None, help="What the inner loop adapts: head | lora | all. [default: head with --backbone, all without]"),
     lora_rank: int = typer.Option(None, help="Rank of the LoRA adapters (--adapt lora). [default: 8]"),
     train_body: bool = typer.Option(None, "--train-body/--no-train-body", help="Let the outer loop update the pretrained body too. [default: off]"),
+    body_lr: float = typer.Option(None, help="Outer learning rate of the pretrained body (--train-body). [default: --meta-lr]"),
     max_length: int = typer.Option(None, help="Text: tokens per example; longer texts are truncated. [default: 64]"),
     ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
     shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),
@@ -88,7 +89,7 @@ def meta_train(
         eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, max_bad_steps=max_bad_steps, rotations=rotations,
         width=width, image_size=image_size, threads=threads, task_threads=task_threads,
         precision=precision, checkpoint_inner=checkpoint_inner, backbone=backbone, adapt=adapt, lora_rank=lora_rank,
-        train_body=train_body, max_length=max_length,
+        train_body=train_body, body_lr=body_lr, max_length=max_length,
     )  # fmt: skip
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     result = run_meta_train(

@@ -69,9 +69,7 @@ def _check_own_data(meta: dict[str, Any], data: str | None, protocol: str | None
     return recorded
 
 
-def held_out_sampler(
-    meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None, split: str = "test"
-) -> Sampler:
+def held_out_sampler(meta: dict[str, Any], data: str | None, ways: int, shots: int, queries: int, protocol: str | None = None, split: str = "test") -> Sampler:
     """Episodes from classes the run never trained on: ``data`` (all its classes, or a protocol's
     test classes) or, without ``data``, the held-out classes of the run's own data.
 

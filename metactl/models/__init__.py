@@ -66,6 +66,12 @@ class Model(Protocol):
         ``{"features": ...}``)."""
         ...
 
+    def adapts_head_only(self) -> bool:
+        """True when the inner loop adapts the head alone and the body's output for an example does not
+        depend on the rest of its batch: adaptation and evaluation then run the body once per example and
+        take the inner steps on its features (a body trained by the outer loop is fixed by then)."""
+        ...
+
     def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:
         """Tensors to freeze into the adapted model so that one prediction never depends on the rest of a batch
         (the normalisation statistics of the support set ``x`` at the adapted ``params``)."""
@@ -90,6 +96,9 @@ class ModelBase(nn.Module):
         return []
 
     def features_fixed(self) -> bool:
+        return False
+
+    def adapts_head_only(self) -> bool:
         return False
 
     def deployment_buffers(self, params: Params, x: Inputs) -> dict[str, Tensor]:

@@ -187,6 +187,10 @@ class TextClassifier(ModelBase):
         """True when nothing of the body ever changes: its features can be computed once per example."""
         return self.spec.get("adapt") == "head" and not self.spec.get("train_body")
 
+    def adapts_head_only(self) -> bool:
+        """``--adapt head`` (with or without ``--train-body``): at adaptation time the body is fixed."""
+        return self.spec.get("adapt") == "head"
+
     def merged_encoder(self) -> nn.Module:
         """The encoder with any LoRA adapters merged into its weights (a plain transformers model)."""
         enc = copy.deepcopy(self.encoder)
