@@ -42,3 +42,32 @@ def test_intents_table_renders_whatever_rows_the_json_has(tmp_path: Path) -> Non
 
 def test_docs_tables_match_the_results() -> None:
     assert _results_docs().main(["--check"]) == 0
+
+
+def test_rows_computed_later_are_merged_into_the_json() -> None:
+    """``intents.py --rows``: a new row with figures replaces its namesake, a skipped one does not, the
+    other rows are kept in the table's order, and the K columns are the union."""
+    spec = importlib.util.spec_from_file_location("intents_bench", ROOT / "examples" / "benchmarks" / "intents.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = {"5": {"mean": 0.8, "ci95": 0.01}}
+    old = {
+        "shots": [1, 5],
+        "seconds": 10.0,
+        "rows": [
+            {"row": "centroid", "cells": {"1": {"mean": 0.5, "ci95": 0.0}}},
+            {"row": "setfit", "cells": figures},
+            {"row": "metactl:a", "cells": figures},
+            {"row": "onnx", "status": "not run", "cells": {}},
+        ],
+    }
+    new = {
+        "shots": [10],
+        "seconds": 5.0,
+        "rows": [{"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}}, {"row": "finetune", "cells": {"10": {"mean": 0.9, "ci95": 0.0}}}],
+    }
+    merged = bench.merge(old, new)
+    assert [r["row"] for r in merged["rows"]] == ["centroid", "finetune", "setfit", "metactl:a", "onnx"]
+    assert merged["rows"][2]["cells"] == figures  # not replaced by a row without figures
+    assert merged["shots"] == [1, 5, 10] and merged["seconds"] == 15.0

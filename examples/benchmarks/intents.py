@@ -444,7 +444,8 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         group = "runs" if name.startswith("metactl:") else name
         return (ROWS.index(group) if group in ROWS else len(ROWS), name)
 
-    return {**new, "rows": [rows[n] for n in sorted(rows, key=rank)], "seconds": round(old.get("seconds", 0) + new["seconds"], 1)}
+    shots = sorted(set(old.get("shots", [])) | set(new["shots"]))
+    return {**new, "shots": shots, "rows": [rows[n] for n in sorted(rows, key=rank)], "seconds": round(old.get("seconds", 0) + new["seconds"], 1)}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
