@@ -41,23 +41,17 @@ def feature_fn(learner: Learner, device: str) -> Callable[[dict[str, np.ndarray]
 
 
 def body_features(learner: Any, x: Inputs, batch_size: int = 128) -> torch.Tensor:
-    """The frozen body's features of every example of ``x`` (a dict of token arrays), in order: computed
-    ``batch_size`` texts at a time, sorted by length, each batch cut to its longest text (mean pooling
-    over the attention mask makes the padding columns no text uses irrelevant)."""
+    """The fixed body's features of every example of ``x`` (a dict of token arrays), in order: computed
+    ``batch_size`` texts at a time in order of length, each batch cut to its longest text (:func:`_rows`;
+    mean pooling over the attention mask makes the padding columns no text uses irrelevant)."""
     assert isinstance(x, dict) and "attention_mask" in x  # the caller checked adapts_head_only (a text model)
-    lengths = x["attention_mask"].sum(-1)
-    order = torch.argsort(lengths, stable=True)
-    out: torch.Tensor | None = None
+    order = torch.argsort(x["attention_mask"].sum(-1), stable=True)
+    by_length = {k: v[order] for k, v in x.items()}
+    n = len(order)
     with torch.no_grad():
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            width = max(int(lengths[idx].max()), 1)
-            part = {k: v[idx][:, :width] if v.dim() == 2 else v[idx] for k, v in x.items()}
-            f = learner.features(learner.params, part).float()
-            if out is None:
-                out = f.new_empty((len(order), f.shape[-1]))
-            out[idx] = f
-    assert out is not None
+        f = torch.cat([learner.features(learner.params, _rows(by_length, lo, min(lo + batch_size, n))).float() for lo in range(0, n, batch_size)])
+    out = torch.empty_like(f)
+    out[order] = f
     return out
 
 

@@ -387,11 +387,12 @@ class Bench:
     def run(self) -> dict[str, Any]:
         t_all = time.perf_counter()
         a = self.args
-        if {"centroid", "probe"} & set(a.rows):
-            for algo, run in self.baseline_runs().items():
-                if algo in a.rows:
-                    label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
-                    self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
+        baselines = self.baseline_runs() if {"centroid", "probe"} & set(a.rows) else {}
+        for algo, run in baselines.items():
+            if algo not in a.rows:
+                continue
+            label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
+            self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
         pre = a.pretrain_run.get(self.unseen)
         if "pretrain" in a.rows:
             self.rows.append(self.pretrain_row(pre) if pre else {"row": "pretrain", "status": "not run (no --pretrain-run given)", "cells": {}})

@@ -185,7 +185,7 @@ class TextClassifier(ModelBase):
 
     def features_fixed(self) -> bool:
         """True when nothing of the body ever changes: its features can be computed once per example."""
-        return self.spec.get("adapt") == "head" and not self.spec.get("train_body")
+        return self.adapts_head_only() and not self.spec.get("train_body")
 
     def adapts_head_only(self) -> bool:
         """``--adapt head`` (with or without ``--train-body``): at adaptation time the body is fixed."""
