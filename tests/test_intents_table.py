@@ -46,7 +46,8 @@ def test_docs_tables_match_the_results() -> None:
 
 def test_rows_computed_later_are_merged_into_the_json() -> None:
     """``intents.py --rows``: a new row with figures replaces its namesake, a skipped one does not, the
-    other rows are kept in the table's order, and the K columns are the union."""
+    other rows are kept in the table's order, the K columns are the union, and a row computed at some K
+    (``--shots``) keeps its namesake's cells at the other K."""
     spec = importlib.util.spec_from_file_location("intents_bench", ROOT / "examples" / "benchmarks" / "intents.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
@@ -65,9 +66,17 @@ def test_rows_computed_later_are_merged_into_the_json() -> None:
     new = {
         "shots": [10],
         "seconds": 5.0,
-        "rows": [{"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}}, {"row": "finetune", "cells": {"10": {"mean": 0.9, "ci95": 0.0}}}],
+        "rows": [
+            {"row": "setfit", "status": "skipped (--skip-setfit)", "cells": {}},
+            {"row": "finetune", "cells": {"10": {"mean": 0.9, "ci95": 0.0}}},
+            {"row": "metactl:a", "run": "new", "cells": {"10": {"mean": 0.7, "ci95": 0.0}}},
+        ],
     }
     merged = bench.merge(old, new)
     assert [r["row"] for r in merged["rows"]] == ["centroid", "finetune", "setfit", "metactl:a", "onnx"]
     assert merged["rows"][2]["cells"] == figures  # not replaced by a row without figures
     assert merged["shots"] == [1, 5, 10] and merged["seconds"] == 15.0
+    assert merged["rows"][3]["run"] == "new" and list(merged["rows"][3]["cells"]) == ["5", "10"]
+    assert merged["rows"][3]["cells"]["10"]["mean"] == 0.7
+    again = bench.merge(merged, {"shots": [5], "seconds": 0.0, "rows": [{"row": "metactl:a", "cells": {"5": {"mean": 0.1, "ci95": 0.0}}}]})
+    assert again["rows"][3]["cells"]["5"]["mean"] == 0.1 and again["rows"][3]["cells"]["10"]["mean"] == 0.7

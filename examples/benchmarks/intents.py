@@ -27,7 +27,10 @@ row and for ``metactl evaluate``), scored on its whole in-scope ``test`` split. 
   onnxruntime + tokenizers, float and int8, with batch-1 latency and file size.
 
 ``--rows`` computes only the rows named (centroid probe pretrain finetune setfit runs onnx) and keeps the
-others from the existing JSON, so slow rows can be added one at a time.
+others from the existing JSON, so slow rows can be added one at a time; ``--shots`` likewise keeps a row's
+cells at the other K. Fine-tuning reuses the validation accuracy of each learning rate, and the test
+figures of the chosen one, that the JSON already holds for the same seed, draws and training settings (a
+grid that grows costs only its new values); ``--fresh`` recomputes them.
 
 Per row and K: accuracy (mean ± 95 % CI over the draws, and each draw), adaptation seconds (draw 0: from
 the K texts per intent on disk to a ready model, model loading included), model size. Writes
@@ -79,6 +82,19 @@ class Bench:
         self.test_texts = evaluation_texts(self.found, self.protocol, "test")
         self.samplers: dict[str, dict[int, Any]] = {}
         self.rows: list[dict[str, Any]] = []
+        dest = args.out_dir / f"intents-{unseen}.json"
+        self.before: dict[str, Any] = json.loads(dest.read_text(encoding="utf-8")) if dest.exists() and not args.fresh else {}
+
+    def earlier(self, name: str, shots: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """Row ``name``'s cell at K = ``shots`` in OUT_DIR's JSON, when it was computed with the same seed,
+        draws and ``settings`` (empty otherwise, or with ``--fresh``)."""
+        b = self.before
+        if b.get("seed") != self.args.seed or b.get("draws") != self.args.draws:
+            return {}
+        for r in b.get("rows", []):
+            if r["row"] == name and all(r.get("settings", {}).get(k) == v for k, v in settings.items()):
+                return r.get("cells", {}).get(str(shots), {})
+        return {}
 
     # --- the draws -------------------------------------------------------------------------------
 
@@ -220,16 +236,27 @@ class Bench:
         tok = load_tokenizer(self.args.backbone / "tokenizer.json", 64)
         val_pool = TextPool.from_texts(val, tok, 64)
         row: dict[str, Any] = {"row": "finetune", "description": "MiniLM + a new head, all weights trained on the K examples", "cells": {}}
+        same = {"epochs": self.args.ft_epochs, "max_steps": self.args.ft_max_steps, "batch": 16, "optimizer": "AdamW"}
         for shots in self.args.shots:
             grid = {}
+            prev = self.earlier("finetune", shots, same)  # a learning rate's figures do not change when the grid grows
+            prev_grid = prev.get("choice", {}).get("val_grid", {})
             vs = AllClassesEpisodes(val_pool, None, shots, "validation")
             picks = vs.picks(self.args.seed, 0)
             names = list(val)
             support = {n: [val[n][int(i)] for i in idx] for n, idx in zip(names, picks, strict=True)}
             rest = [(t, c) for c, n in enumerate(names) for i, t in enumerate(val[n]) if i not in set(picks[c].tolist())]
             for lr in self.args.ft_lrs:
-                grid[str(lr)] = self.finetune_once(support, rest[:: max(1, len(rest) // 1000)], lr)[0]
+                if str(lr) in prev_grid:
+                    grid[str(lr)] = prev_grid[str(lr)]
+                else:
+                    grid[str(lr)] = self.finetune_once(support, rest[:: max(1, len(rest) // 1000)], lr)[0]
+                    print(f"  finetune {shots}-shot, validation, lr {lr}: {100 * grid[str(lr)]:.1f}", flush=True)
             lr = max(self.args.ft_lrs, key=lambda x: grid[str(x)])
+            if prev.get("choice", {}).get("lr") == lr:
+                row["cells"][str(shots)] = {**prev, "choice": {"lr": lr, "val_grid": grid}}  # the test figures of this learning rate, computed before
+                print(f"  finetune {shots}-shot (lr {lr}, as before): {100 * prev['mean']:.1f}", flush=True)
+                continue
             accs, secs = [], []
             texts, labels = self.test_pairs()
             for d in range(self.args.draws):
@@ -241,7 +268,7 @@ class Bench:
             row["cells"][str(shots)] = {**cell(np.array(accs)), "adapt_seconds": round(secs[0], 1), "choice": {"lr": lr, "val_grid": grid}}
             print(f"  finetune {shots}-shot (lr {lr}): {100 * np.mean(accs):.1f}", flush=True)
         row["model_mb"] = self.body_mb()
-        row["settings"] = {"epochs": self.args.ft_epochs, "max_steps": self.args.ft_max_steps, "batch": 16, "lrs": self.args.ft_lrs, "optimizer": "AdamW"}
+        row["settings"] = {**same, "lrs": self.args.ft_lrs}
         return row
 
     def finetune_once(self, support: dict[str, list[str]], queries: list[tuple[str, int]], lr: float) -> tuple[float, float]:
@@ -434,11 +461,17 @@ class Bench:
 
 
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` with the rows of ``old`` it did not compute (``--rows``): a row is replaced by a new row of
-    its name unless the new one has no figures (skipped, not run) and the old one has."""
+    """``new`` with the rows of ``old`` it did not compute (``--rows``) and the cells of ``old``'s rows at
+    the K it did not compute (``--shots``): a row is replaced by a new row of its name unless the new one
+    has no figures (skipped, not run) and the old one has; the old row's cells at K outside ``new``'s
+    shots stay."""
     rows = {r["row"]: r for r in old.get("rows", [])}
     for r in new["rows"]:
-        if r.get("cells") or not rows.get(r["row"], {}).get("cells"):
+        before = rows.get(r["row"], {}).get("cells", {})
+        if r.get("cells"):
+            kept = {k: c for k, c in before.items() if int(k) not in new["shots"]}
+            rows[r["row"]] = {**r, "cells": dict(sorted({**kept, **r["cells"]}.items(), key=lambda kc: int(kc[0])))}
+        elif not before:
             rows[r["row"]] = r
 
     def rank(name: str) -> tuple[int, str]:
@@ -489,11 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", action="append", default=[], metavar="UNSEEN=RUN", help="a meta-trained run to score (repeatable)")
     p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
-    p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0])
-    p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--pretrain-steps", type=int, default=40)
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="compute these rows; the others are kept from OUT_DIR's JSON")
     p.add_argument("--skip-finetune", action="store_true")
-    p.add_argument("--ft-lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4])
+    p.add_argument("--ft-lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4, 2e-4])
     p.add_argument("--ft-epochs", type=int, default=10)
     p.add_argument("--ft-max-steps", type=int, default=300)
     p.add_argument("--skip-setfit", action="store_true")
@@ -505,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intents", type=Path, default=SHARED / "datasets" / "intents")
     p.add_argument("--workdir", type=Path, default=Path("runs/intents-bench"))
     p.add_argument("--out-dir", type=Path, default=ROOT / "examples" / "results")
+    p.add_argument("--fresh", action="store_true", help="recompute fine-tuning cells even where OUT_DIR's JSON has them for the same settings")
     args = p.parse_args(argv)
     args.run = pairs(args.run, "--run")
     args.pretrain_run = {k: v[-1] for k, v in pairs(args.pretrain_run, "--pretrain-run").items()}
