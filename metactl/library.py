@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from metactl import adapt as adapt_module
 from metactl import evaluate as evaluate_module
@@ -199,11 +200,28 @@ def _status(message: str, quiet: bool) -> Iterator[None]:
 # --- meta-train ------------------------------------------------------------------------------------
 
 
+class BudgetRemainingColumn(TimeRemainingColumn):
+    """Time remaining: for a task with a ``budget`` field (seconds), the sooner of the step-rate estimate
+    and what is left of the budget (``--time-budget`` ends a run whose step count is only a ceiling)."""
+
+    def render(self, task: Task) -> Text:
+        budget = task.fields.get("budget")
+        if not budget or task.elapsed is None or task.finished:
+            return super().render(task)
+        left = max(0.0, budget - task.elapsed)
+        if task.time_remaining is not None:
+            left = min(left, task.time_remaining)
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+
 def _train_progress(cfg: TrainConfig, quiet: bool) -> tuple[Progress, train.Reporter]:
     """A rich progress bar for decoding and the outer steps, and the trainer's callbacks that drive it."""
+    budget = cfg.time_budget * 60 if cfg.time_budget else None
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=quiet,
+        TimeElapsedColumn(), BudgetRemainingColumn(), console=console, transient=False, disable=quiet,
     )  # fmt: skip
     state: dict[str, Any] = {"val": "", "task": None, "load": None}
     metric_name = "mse" if cfg.data == "sinusoid" else "acc"
@@ -214,7 +232,7 @@ def _train_progress(cfg: TrainConfig, quiet: bool) -> tuple[Progress, train.Repo
         progress.update(state["load"], completed=done)
 
     def on_start(first: int, total: int) -> None:
-        state["task"] = progress.add_task(f"{cfg.algo} meta-train", total=total, completed=first, info="")
+        state["task"] = progress.add_task(f"{cfg.algo} meta-train", total=total, completed=first, info="", budget=budget)
 
     def on_step(step: int, rec: dict[str, Any]) -> None:
         if "val" in rec:

@@ -235,3 +235,28 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path: Path, command: str) -> N
     assert "--device cuda: no CUDA device" in result.output and "Use --device cpu" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert command == "evaluate" or not run.exists()  # meta-train refused before writing anything
+
+
+def test_time_remaining_is_capped_by_the_time_budget() -> None:
+    """A run whose step count is only a ceiling (``steps = 1000000`` with ``--time-budget``) shows what is
+    left of the budget, not the step-rate estimate of hours; a task without a budget keeps the estimate."""
+    import time
+
+    from rich.progress import Progress
+
+    from metactl.library import BudgetRemainingColumn
+
+    column = BudgetRemainingColumn()
+    progress = Progress(column)
+    budgeted = progress.add_task("meta-train", total=1_000_000, budget=60.0)
+    plain = progress.add_task("decoding", total=1_000_000)
+    for task in (budgeted, plain):
+        progress.update(task, completed=10)
+    time.sleep(0.2)
+    for task in (budgeted, plain):
+        progress.update(task, completed=20)
+    shown = [str(column.render(t)) for t in progress.tasks]
+    h, m, s = (int(x) for x in shown[0].split(":"))
+    assert 0 < 3600 * h + 60 * m + s <= 60
+    assert progress.tasks[1].time_remaining is not None and progress.tasks[1].time_remaining > 3600
+    assert int(shown[1].split(":")[0]) >= 1  # hours from the step rate
