@@ -21,7 +21,9 @@ row and for ``metactl evaluate``), scored on its whole in-scope ``test`` split. 
 - ``setfit``: the ``setfit`` package (optional: ``pip install setfit``) on the same encoder folder, its
   default contrastive fine-tuning and logistic-regression head, ``max_steps`` capped at ``--setfit-max-steps``;
 - one row per ``--run UNSEEN=RUN`` (meta-trained runs, e.g. from ``examples/configs/intents-UNSEEN.toml``),
-  adapted as ``metactl adapt`` adapts them (the run's validated step count, learned α);
+  adapted as ``metactl adapt`` adapts them (the run's validated step count, learned α); with ``--run-steps
+  val`` (or ``both``) the step count is instead the best of 0..``--max-run-steps`` at each K on the run's
+  validation intents in the same all-intents setting (``metactl evaluate --split val --all-classes``);
 - ``onnx``: the best ``--run`` row at the first ``--onnx-shots`` K (or ``--onnx-from ROW``), adapted on each
   draw (``metactl adapt``), exported (``metactl export --onnx --quantize int8``) and scored through
   onnxruntime + tokenizers, float and int8, with batch-1 latency and file size.
@@ -226,6 +228,24 @@ class Bench:
         grid = ", ".join(str(x) for x in self.args.pretrain_lrs)
         row["command"] = f"metactl evaluate --from {run} --split val --all-classes --inner-lr LR --steps {self.args.pretrain_steps} (LR in {grid})"
         return row
+
+    # --- a meta-trained run, its step count chosen per K on the validation intents -------------------
+
+    def val_steps_row(self, run: Path, description: str) -> dict[str, Any]:
+        """The run adapted with, at each K, the step count (0 .. ``--max-run-steps``) best on its validation
+        intents in the same setting (all of them, K texts each, ``--split val``); ties go to fewer steps, and
+        0 steps is the meta-learned initial head itself (ProtoMAML: the prototypes)."""
+        from metactl.evaluate import evaluate_runs
+
+        cells = {}
+        for shots in self.args.shots:
+            curve = evaluate_runs([run], shots=shots, episodes=1, steps=self.args.max_run_steps, seed=self.args.seed, split="val", all_classes=True)[0]
+            best = max(curve["steps"], key=lambda s: (s["mean"], -s["step"]))
+            sub = self.metactl_row(f"metactl:{run.name}:val-steps", run, "", "", steps=best["step"], only=[shots])
+            cells[str(shots)] = {**sub["cells"][str(shots)], "choice": {"steps": best["step"], "val_accuracy": best["mean"]}}
+        command = f"metactl evaluate --from {run} --split val --all-classes --steps {self.args.max_run_steps}, then the best step count"
+        description += ", steps chosen per K on validation"
+        return {**sub, "row": f"metactl:{run.name}:val-steps", "description": description, "cells": cells, "command": command}
 
     # --- plain fine-tuning of the whole encoder ----------------------------------------------------
 
@@ -432,10 +452,14 @@ class Bench:
             from metactl.runs import read_meta
 
             cfg = read_meta(run)["config"]
-            first = " (first order)" if cfg.get("algo_options", {}).get("first_order") else ""
+            first_order = cfg.get("algo_options", {}).get("first_order")
+            first = " (first order)" if first_order else " (second order)" if cfg["adapt"] != "head" and first_order is not None else ""
             desc = f"metactl {cfg['algo']}{first} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
             desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "") if cfg.get("train_body") else ""
-            metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
+            if a.run_steps in ("adapt", "both"):
+                metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
+            if a.run_steps in ("val", "both"):
+                metactl_rows.append(self.val_steps_row(run, desc))
         self.rows.extend(metactl_rows)
         if "onnx" in a.rows:
             onnx_from = [r for r in self.rows if r["row"] == a.onnx_from] if a.onnx_from else metactl_rows
@@ -524,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
     p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0])
     p.add_argument("--pretrain-steps", type=int, default=40)
+    p.add_argument(
+        "--run-steps", choices=("adapt", "val", "both"), default="adapt",
+        help="adapt --run rows with the run's own step count (as metactl adapt), with the count best per K on the validation intents, or both rows",
+    )  # fmt: skip
+    p.add_argument("--max-run-steps", type=int, default=10, help="the largest step count --run-steps val tries")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="compute these rows; the others are kept from OUT_DIR's JSON")
     p.add_argument("--skip-finetune", action="store_true")
     p.add_argument("--ft-lrs", nargs="+", type=float, default=[2e-5, 5e-5, 1e-4, 2e-4])
