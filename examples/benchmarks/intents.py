@@ -546,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", action="append", default=[], metavar="UNSEEN=RUN", help="a meta-trained run to score (repeatable)")
     p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
-    p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[0.1, 0.3, 1.0, 3.0, 10.0])
-    p.add_argument("--pretrain-steps", type=int, default=40)
+    p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[1.0, 3.0, 10.0, 30.0, 100.0])
+    p.add_argument("--pretrain-steps", type=int, default=160)
     p.add_argument(
         "--run-steps", choices=("adapt", "val", "both"), default="adapt",
         help="adapt --run rows with the run's own step count (as metactl adapt), with the count best per K on the validation intents, or both rows",
