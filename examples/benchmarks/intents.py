@@ -73,7 +73,7 @@ def mb(path: Path) -> float:
 class Bench:
     """One unseen dataset: its texts, the shared sampler (features computed once) and the rows."""
 
-    def __init__(self, args: argparse.Namespace, unseen: str, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, unseen: str, work: Path, before: dict[str, Any]) -> None:
         from metactl.data.text import evaluation_texts, find_datasets
 
         self.args, self.unseen, self.work = args, unseen, work
@@ -84,8 +84,8 @@ class Bench:
         self.test_texts = evaluation_texts(self.found, self.protocol, "test")
         self.samplers: dict[str, dict[int, Any]] = {}
         self.rows: list[dict[str, Any]] = []
-        dest = args.out_dir / f"intents-{unseen}.json"
-        self.before: dict[str, Any] = json.loads(dest.read_text(encoding="utf-8")) if dest.exists() and not args.fresh else {}
+        self.before = before  # OUT_DIR's JSON from an earlier invocation, for `earlier` (empty with --fresh)
+        self.loaded: dict[Path, tuple[dict[str, Any], Any]] = {}
 
     def earlier(self, name: str, shots: int, settings: dict[str, Any]) -> dict[str, Any]:
         """Row ``name``'s cell at K = ``shots`` in OUT_DIR's JSON, when it was computed with the same seed,
@@ -100,20 +100,46 @@ class Bench:
 
     # --- the draws -------------------------------------------------------------------------------
 
-    def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str = "frozen") -> Any:
-        """The all-classes sampler for K = ``shots``, the body's features computed once for all K: one for
-        the frozen MiniLM (shared by its rows), one per run whose outer loop trained the body (``body``)."""
+    def load(self, run: Path) -> tuple[dict[str, Any], Any]:
+        """``metactl.runs.load_run``, once per run."""
+        from metactl import runs
+
+        if run not in self.loaded:
+            self.loaded[run] = runs.load_run(run)
+        return self.loaded[run]
+
+    def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str, split: str) -> Any:
+        """The all-classes sampler for K = ``shots``, the body's features computed once for all K: per
+        ``body`` (the frozen MiniLM, shared by its rows, or a run whose outer loop trained the body) and
+        split (``val``: the run's own validation intents)."""
         from metactl.data import all_classes_sampler
         from metactl.evaluate import feature_fn
 
-        mine = self.samplers.setdefault(body, {})
+        mine = self.samplers.setdefault(f"{body}:{split}", {})
         if not mine:
-            base = all_classes_sampler(meta, self.data, shots, self.protocol)
+            own = split == "val"
+            base = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split)
             base.precompute(feature_fn(learner, "cpu"))
             mine[shots] = base
         if shots not in mine:
             mine[shots] = next(iter(mine.values())).with_shots(shots)
         return mine[shots]
+
+    def curve(self, run: Path, shots: int, draws: int, steps: int, lr: float | None = None, split: str = "test") -> np.ndarray:
+        """Accuracy of each draw after 0..``steps`` inner steps, as ``metactl evaluate --all-classes`` (with
+        ``--split val``: on the run's own validation intents) computes it; when only the head adapts, on the
+        body's features computed once (:meth:`sampler`)."""
+        from metactl.data import all_classes_sampler
+        from metactl.evaluate import run_curve
+
+        meta, learner = self.load(run)
+        seed = self.args.seed
+        if learner.model.adapts_head_only():
+            body = "frozen" if learner.model.features_fixed() and split == "test" else str(run)  # validation intents differ by run
+            return run_curve(meta, learner, self.sampler(meta, learner, shots, body, split), draws, steps, seed, inner_lr=lr, precompute=False)
+        own = split == "val"
+        sampler = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split)
+        return run_curve(meta, learner, sampler, draws, steps, seed, inner_lr=lr)
 
     def support_texts(self, shots: int, d: int) -> dict[str, list[str]]:
         """Draw d's support texts (the sampler's picks, applied to the same ordered texts)."""
@@ -141,25 +167,15 @@ class Bench:
     def metactl_row(
         self, name: str, run: Path, description: str, command: str, steps: int | None = None, lr: float | None = None, only: list[int] | None = None
     ) -> dict[str, Any]:
-        from metactl import runs
         from metactl.config import TrainConfig
-        from metactl.evaluate import run_curve
 
-        meta, learner = runs.load_run(run)
+        meta, learner = self.load(run)
         cfg = TrainConfig(**meta["config"])
         k = steps if steps is not None else int(meta.get("adapt_steps", cfg.test_inner_steps))  # as `metactl adapt` does
-        head_only = learner.model.adapts_head_only()
-        body = "frozen" if learner.model.features_fixed() else str(run)
         row: dict[str, Any] = {"row": name, "description": description, "run": str(run), "algorithm": cfg.algo, "adapt": cfg.adapt, "cells": {}}
         for shots in only or self.args.shots:
             t0 = time.perf_counter()
-            if head_only:
-                values = run_curve(meta, learner, self.sampler(meta, learner, shots, body), self.args.draws, k, self.args.seed, inner_lr=lr, precompute=False)
-            else:
-                from metactl.data import all_classes_sampler
-
-                values = run_curve(meta, learner, all_classes_sampler(meta, self.data, shots, self.protocol), self.args.draws, k, self.args.seed, inner_lr=lr)
-            c = cell(values[:, k])
+            c = cell(self.curve(run, shots, self.args.draws, k, lr)[:, k])
             c["score_seconds"] = round(time.perf_counter() - t0, 1)
             c["adapt_seconds"] = self.adapt_seconds(run, shots, k)
             c["command"] = (
@@ -207,17 +223,12 @@ class Bench:
     # --- pretrain: the learning rate and steps chosen on the validation intents ------------------
 
     def pretrain_row(self, run: Path) -> dict[str, Any]:
-        from metactl.evaluate import evaluate_runs
-
         choice = {}
         for shots in self.args.shots:
             best = (-1.0, 0.0, 0)
             for lr in self.args.pretrain_lrs:
-                r = evaluate_runs(
-                    [run], shots=shots, episodes=1, steps=self.args.pretrain_steps, seed=self.args.seed, split="val", inner_lr=lr, all_classes=True
-                )[0]
-                for s in r["steps"][1:]:
-                    best = max(best, (s["mean"], lr, s["step"]))
+                accuracy = self.curve(run, shots, 1, self.args.pretrain_steps, lr, split="val")[0]
+                best = max([best, *((float(a), lr, step) for step, a in enumerate(accuracy) if step)])  # a zero head: 0 steps is chance
             choice[str(shots)] = {"val_accuracy": best[0], "inner_lr": best[1], "steps": best[2]}
         cells = {}
         for shots in self.args.shots:
@@ -235,14 +246,12 @@ class Bench:
         """The run adapted with, at each K, the step count (0 .. ``--max-run-steps``) best on its validation
         intents in the same setting (all of them, K texts each, ``--split val``); ties go to fewer steps, and
         0 steps is the meta-learned initial head itself (ProtoMAML: the prototypes)."""
-        from metactl.evaluate import evaluate_runs
-
         cells = {}
         for shots in self.args.shots:
-            curve = evaluate_runs([run], shots=shots, episodes=1, steps=self.args.max_run_steps, seed=self.args.seed, split="val", all_classes=True)[0]
-            best = max(curve["steps"], key=lambda s: (s["mean"], -s["step"]))
-            sub = self.metactl_row(f"metactl:{run.name}:val-steps", run, "", "", steps=best["step"], only=[shots])
-            cells[str(shots)] = {**sub["cells"][str(shots)], "choice": {"steps": best["step"], "val_accuracy": best["mean"]}}
+            accuracy = self.curve(run, shots, 1, self.args.max_run_steps, split="val")[0]
+            step = max(range(len(accuracy)), key=lambda s: (accuracy[s], -s))
+            sub = self.metactl_row(f"metactl:{run.name}:val-steps", run, "", "", steps=step, only=[shots])
+            cells[str(shots)] = {**sub["cells"][str(shots)], "choice": {"steps": step, "val_accuracy": float(accuracy[step])}}
         command = f"metactl evaluate --from {run} --split val --all-classes --steps {self.args.max_run_steps}, then the best step count"
         description += ", steps chosen per K on validation"
         return {**sub, "row": f"metactl:{run.name}:val-steps", "description": description, "cells": cells, "command": command}
@@ -452,8 +461,7 @@ class Bench:
             from metactl.runs import read_meta
 
             cfg = read_meta(run)["config"]
-            first_order = cfg.get("algo_options", {}).get("first_order")
-            first = " (first order)" if first_order else " (second order)" if cfg["adapt"] != "head" and first_order is not None else ""
+            first = {True: " (first order)", False: " (second order)"}.get(cfg.get("algo_options", {}).get("first_order"), "")
             desc = f"metactl {cfg['algo']}{first} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
             desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "") if cfg.get("train_body") else ""
             if a.run_steps in ("adapt", "both"):
@@ -577,10 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{unseen}: all intents, K = {args.shots}, {args.draws} draws", flush=True)
         work = args.workdir / unseen
         work.mkdir(parents=True, exist_ok=True)
-        result = Bench(args, unseen, work).run()
         dest = args.out_dir / f"intents-{unseen}.json"
-        if set(args.rows) != set(ROWS) and dest.exists():
-            result = merge(json.loads(dest.read_text(encoding="utf-8")), result)
+        before = json.loads(dest.read_text(encoding="utf-8")) if dest.exists() else {}
+        result = Bench(args, unseen, work, {} if args.fresh else before).run()
+        if set(args.rows) != set(ROWS) and before:
+            result = merge(before, result)
         with tempfile.NamedTemporaryFile("w", dir=args.out_dir, delete=False, suffix=".tmp") as f:
             json.dump(result, f, indent=1)
             f.write("\n")
