@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,28 +29,20 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from metactl import __version__, callable_module, runs
+from metactl import contract, runs
+from metactl._callable import callable_module
+from metactl._version import __version__
 from metactl.api import Inputs, Params, map_inputs
 from metactl.config import TrainConfig
-from metactl.data.labeled import LabeledExamples, kind_of, read_support
+from metactl.data.examples import LabeledExamples
 from metactl.errors import MetactlError
 from metactl.evaluate import algorithm_of_run, body_features
+from metactl.modalities import modality_of
 from metactl.models import build_model
 from metactl.perf import check_device
+from metactl.results import AdaptResult
 
 MODEL = "model.safetensors"
-
-
-@dataclass
-class AdaptResult:
-    out: Path
-    labels: list[str]
-    support_losses: list[float]
-    support_accuracy: float
-    query_accuracy: float | None = None
-    per_class: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def norm_statistics(model: nn.Module, params: Params, x: Inputs) -> dict[str, torch.Tensor]:
@@ -98,6 +89,17 @@ def _accuracy_table(pred: np.ndarray, target: np.ndarray, labels: list[str]) -> 
     return rows
 
 
+def _query_accuracy(model: nn.Module, labels: list[str], qdata: LabeledExamples | None) -> tuple[float | None, list[dict[str, Any]]]:
+    """The adapted model's accuracy on the query set (its labels mapped to the support set's), overall and per label."""
+    if qdata is None:
+        return None, []
+    remap = np.array([labels.index(lab) for lab in qdata.labels])
+    qy = remap[qdata.targets]
+    with torch.no_grad():
+        pred = model(model_input(qdata.examples)).argmax(-1).numpy()
+    return float((pred == qy).mean()), _accuracy_table(pred, qy, labels)
+
+
 def adapt(
     support: Path,
     run: Path | None = None,
@@ -118,11 +120,10 @@ def adapt(
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
         raise MetactlError(f"{run}: adapt needs a classification run (this one is {meta.get('task')}).", "Meta-train on image or text data.")
     recorded = meta["preprocessing"]
-    image = kind_of(recorded) == "image"
-    # images: the model expects ink = 255; whether the user's files need inverting is read off the support folder
-    data = read_support(support, {**recorded, "invert": None} if image else recorded, "--support")
+    modality = modality_of(recorded)
+    data = modality.read_support(support, modality.support_preprocessing(recorded), "--support")
     prep = data.preprocessing or recorded
-    qdata: LabeledExamples | None = read_support(query, prep, "--query") if query is not None else None
+    qdata: LabeledExamples | None = modality.read_support(query, prep, "--query") if query is not None else None
     if qdata is not None and set(qdata.labels) - set(data.labels):
         extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
         raise MetactlError(f"--query {query}: labels not in the support set: {extra}.", "Use the same labels as --support.")
@@ -147,23 +148,16 @@ def adapt(
     model = deployable(spec, tensors)
     with torch.no_grad():
         support_acc = float((model({"features": dx["features"].cpu()} if fixed else sx).argmax(-1) == sy).float().mean())
-    query_acc, per_class = None, []
-    if qdata is not None:
-        remap = np.array([data.labels.index(lab) for lab in qdata.labels])
-        qy = remap[qdata.targets]
-        with torch.no_grad():
-            pred = model(model_input(qdata.examples)).argmax(-1).numpy()
-        query_acc = float((pred == qy).mean())
-        per_class = _accuracy_table(pred, qy, data.labels)
+    query_acc, per_class = _query_accuracy(model, data.labels, qdata)
     theta_bytes = (run / runs.THETA).read_bytes()
-    unit = "images" if image else "texts"
+    unit = modality.unit
     info = {
         "metactl_version": __version__,
         "kind": "adapted",
         "labels": data.labels,
         "model": spec,
         "preprocessing": prep,
-        "normalization": "BatchNorm statistics frozen from the support set at the adapted weights" if image else "none (no batch statistics)",
+        "normalization": modality.normalization,
         "source_run": str(run.resolve()),
         "source_theta_sha256": hashlib.sha256(theta_bytes).hexdigest(),
         "algorithm": meta["algorithm"]["name"],
@@ -180,9 +174,11 @@ def adapt(
         info["command"] = command
     blob = save({k2: v.contiguous() for k2, v in tensors.items()}, metadata={"format": "metactl-adapted", "metactl_version": __version__})
     files = {MODEL: blob, runs.META: (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()}
-    files.update(model.adapted_assets() if hasattr(model, "adapted_assets") else {})  # e.g. the LoRA as a PEFT adapter folder
+    assets = contract.hook(model, "adapted_assets")
+    files.update(assets() if assets is not None else {})  # e.g. the LoRA as a PEFT adapter folder
     runs.write_dir_atomically(out, force, files)
-    return AdaptResult(out, data.labels, losses, support_acc, query_acc, per_class, data.skipped, time.perf_counter() - t0)
+    metrics = {"support_accuracy": support_acc, "query_accuracy": query_acc, "support_losses": losses}
+    return AdaptResult(out, data.labels, metrics, per_class, data.skipped, time.perf_counter() - t0)
 
 
 def load_adapted(path: Path) -> tuple[dict[str, Any], nn.Module]:

@@ -1,7 +1,7 @@
 """The algorithm contract and the small types it speaks.
 
 An algorithm is a class registered under the ``metactl.algorithms`` entry-point group that has
-every member of :class:`Algorithm` (a ``typing.Protocol``). :class:`AlgorithmBase` holds the
+every member of :class:`Algorithm` (a ``typing.Protocol`` declared in :mod:`metactl.contract`). :class:`AlgorithmBase` holds the
 defaults of the optional hooks: subclass it and write ``meta_gradient`` and ``adapt``, or write
 every hook yourself. ``metactl.registry.check_contract`` names any member that is missing, and
 ``metactl.testing.check_algorithm`` runs the whole contract suite on an algorithm.
@@ -23,12 +23,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from metactl import contract
 
 Params = dict[str, Tensor]
 Inputs = Tensor | Mapping[str, Tensor]
@@ -182,53 +184,11 @@ class SetupInfo:
     train_classes: int = 0  # distinct training classes (0 for regression)
 
 
-class Algorithm(Protocol):
-    """Every member a metactl algorithm has. :class:`AlgorithmBase` provides the optional ones."""
+Algorithm = contract.Algorithm  # declared, with every other extension point, in metactl.contract
 
-    name: ClassVar[str]
-    """The ``--algo`` name (the entry point's name)."""
-    description: ClassVar[str]
-    """One line for ``metactl algorithms``."""
-    Config: ClassVar[type]
-    """A dataclass of the algorithm's own options (``algo_options`` in a config file); validate in ``__post_init__``."""
-    meta_learns: ClassVar[bool]
-    """False for a baseline with nothing to meta-learn (its ``adapt`` is the whole method): ``meta_gradient``
-    then adds no gradient, and a run of it (``meta-train --steps 1``) is the pretrained initialization."""
-    task_parallel: ClassVar[bool]
-    """True when the meta-gradient and metrics are means over independent tasks: the trainer may then split
-    the meta-batch over task threads (``--task-threads``) and sum the parts. False: one call per meta-batch."""
-
-    config: Any
-    """The Config instance, set by ``__init__(config, train)``; recorded in the run's ``metactl.json``."""
-    inner_lr_shape: InnerLrShape
-    """The shape of α: ``"layer"`` (one scalar per parameter tensor), ``"element"`` (one per weight, Meta-SGD)
-    or ``"step"`` (one scalar per parameter tensor and inner step, MAML++ LSLR)."""
-
-    def setup(self, learner: Learner, info: SetupInfo) -> None:
-        """Called once before training (not on resume's restored values): check the task, add ``learner.extra``."""
-        ...
-
-    def make_optimizer(self, groups: list[dict[str, Any]], train: Any) -> torch.optim.Optimizer:
-        """The outer optimizer over the parameter groups (θ, α if learned, extra). Default: Adam at ``train.meta_lr``."""
-        ...
-
-    def begin_step(self, step: int, total: int) -> None:
-        """Called before each meta-step with the 0-based step and the planned total (schedules read it)."""
-        ...
-
-    def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
-        """Add the meta-gradient of one meta-batch into ``.grad`` of θ, α and extra; never step them.
-        Returns at least ``loss`` and ``metric`` (means over the tasks)."""
-        ...
-
-    def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
-        """The inner loop, pure: the weights after each of 0..steps steps (detached); θ and α untouched."""
-        ...
-
-
-HOOKS: tuple[str, ...] = ("setup", "make_optimizer", "begin_step", "meta_gradient", "adapt")
-CLASS_ATTRIBUTES: tuple[str, ...] = ("name", "description", "Config", "meta_learns", "task_parallel")
-INSTANCE_ATTRIBUTES: tuple[str, ...] = ("config", "inner_lr_shape")
+HOOKS: tuple[str, ...] = tuple(n for n in contract.required(Algorithm) if callable(getattr(Algorithm, n, None)))
+CLASS_ATTRIBUTES: tuple[str, ...] = tuple(n for n, a in Algorithm.__annotations__.items() if str(a).startswith("ClassVar"))
+INSTANCE_ATTRIBUTES: tuple[str, ...] = tuple(n for n in contract.required(Algorithm) if n not in HOOKS and n not in CLASS_ATTRIBUTES)
 
 
 class AlgorithmBase:

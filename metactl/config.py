@@ -52,7 +52,7 @@ class TrainConfig:
     task_threads: int = 0  # split the meta-batch over N threads (threads/N intra-op each); 0 = auto (CPU: one per thread), 1 = off
     precision: str = "fp32"  # fp32 | bf16 (autocast of the model's forward passes; θ, α and the optimizer stay fp32)
     checkpoint_inner: bool = False  # recompute each inner step's activations in the backward pass (memory flat in inner steps)
-    backbone: str | None = None  # a pretrained body: a Hugging Face folder (text) or a metactl run dir (images)
+    backbone: str | None = None  # a pretrained body: a Hugging Face folder or hub id org/name[@revision] (text), or a metactl run dir (images)
     adapt: str = "auto"  # what the inner loop adapts: head | lora | all; auto = head on a --backbone, all without one
     lora_rank: int = 8  # rank of the LoRA adapters (--adapt lora)
     train_body: bool = False  # let the outer loop update the pretrained body too (inner learning rate 0)
@@ -124,7 +124,7 @@ def validate(values: dict[str, Any]) -> list[str]:
     if cfg.adapt not in ("all", "auto") and not cfg.backbone:
         p.append(f"adapt {cfg.adapt!r} needs a pretrained body (--backbone)")
     if cfg.backbone is not None and not str(cfg.backbone).strip():
-        p.append("backbone must be a folder path")
+        p.append("backbone must be a folder, a run dir or a Hugging Face id org/name[@revision]")
     if cfg.data == "sinusoid" and cfg.rotations:
         p.append("rotations apply to image data, not to sinusoid")
     if cfg.image_size != 0 and cfg.image_size < 16:
@@ -211,3 +211,42 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainCo
     merged = dict(file_values)
     merged.update({k: v for k, v in flag_values.items() if v is not None})
     return TrainConfig(**merged)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``metactl evaluate`` scores runs on, declared once: the command's flags, the Python API's
+    keywords (:func:`metactl.evaluate`) and :func:`metactl.evaluate.evaluate_runs` all take these names.
+    ``None`` means the run's own value (its data, protocol, N, K, test inner steps)."""
+
+    data: str | None = None  # --data SPEC; None: the run's held-out classes
+    protocol: str | None = None  # the test split's protocol (see PROTOCOLS)
+    ways: int | None = None  # N
+    shots: int | None = None  # K support examples per class
+    query_shots: int = 15  # queries per class
+    episodes: int = 600  # episodes (the same for every run); --all-classes: draws
+    steps: int | None = None  # inner steps; None: the run's test_inner_steps
+    seed: int = 0  # the episodes' seed
+    split: str = "test"  # test: the held-out classes | val: the run's validation classes
+    inner_lr: float | None = None  # fine-tune at this one rate instead of the run's α
+    all_classes: bool = False  # every held-out class in each episode (text data)
+    by_domain: bool = False  # --protocol domains: each episode is every intent of one test domain
+    device: str = "cpu"  # cpu | cuda
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise MetactlError(f"--episodes must be >= 1 (got {self.episodes}).", "Pass a positive number.")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise MetactlError(f"--protocol {self.protocol}: unknown.", f"Use one of: {', '.join(PROTOCOLS)}.")
+        if self.inner_lr is not None and not self.inner_lr > 0:
+            raise MetactlError(f"--inner-lr must be > 0 (got {self.inner_lr}).", "Pass a positive learning rate.")
+        if self.all_classes and self.by_domain:
+            raise MetactlError("--all-classes and --by-domain are two different settings.", "Pass one of them.")
+        if (self.all_classes or self.by_domain) and self.ways is not None:
+            flag = "--all-classes" if self.all_classes else "--by-domain"
+            raise MetactlError(f"{flag} sets the number of classes itself (got --ways {self.ways}).", "Drop --ways.")
+
+    @property
+    def setting(self) -> str:
+        """episodes | all-classes | by-domain."""
+        return "all-classes" if self.all_classes else "by-domain" if self.by_domain else "episodes"

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metactl import callable_module, runs
+from metactl import contract, runs
+from metactl._callable import callable_module
 from metactl.api import Inputs, Learner, inputs_len
-from metactl.config import TrainConfig
+from metactl.config import EvaluateOptions, TrainConfig
 from metactl.data import all_classes_sampler, domain_sampler, held_out_sampler
 from metactl.data.episodes import Sampler, episode_rng
 from metactl.data.tensors import to_batch
-from metactl.errors import MetactlError
 from metactl.perf import check_device, tune_malloc
 from metactl.registry import build_algorithm
 
@@ -96,7 +96,7 @@ def _all_classes_curve(algo: Any, learner: Learner, sampler: Any, draws: int, st
 def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20) -> np.ndarray:
     """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed).
     A sampler with ``draw(seed, d)`` (every class at once) gives draw ``d`` as episode ``d``."""
-    if hasattr(sampler, "draw"):
+    if contract.hook(sampler, "draw") is not None:
         return _all_classes_curve(algo, learner, sampler, episodes, steps, seed, device)
     out = np.empty((episodes, steps + 1))
     done = 0
@@ -152,28 +152,23 @@ def run_curve(
         learner, _ = runs.with_head(learner, meta["model"], n)  # N' != N: a zero head, exactly as ``metactl adapt`` starts one
     if inner_lr is not None:
         learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
-    if precompute and learner.model.adapts_head_only() and hasattr(sampler, "precompute"):
+    if precompute and learner.model.adapts_head_only() and contract.hook(sampler, "precompute") is not None:
         sampler.precompute(feature_fn(learner, device))
     return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device)
 
 
-def evaluate_runs(
-    run_dirs: list[Any],
-    data: str | None = None,
-    ways: int | None = None,
-    shots: int | None = None,
-    queries: int = 15,
-    episodes: int = 600,
-    steps: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    protocol: str | None = None,
-    split: str = "test",
-    inner_lr: float | None = None,
-    all_classes: bool = False,
-    by_domain: bool = False,
-) -> list[dict[str, Any]]:
-    """Adaptation curves of several runs on the same held-out episodes.
+def held_out_episodes(meta: dict[str, Any], cfg: TrainConfig, o: EvaluateOptions) -> Any:
+    """The sampler ``o`` asks for, for the run described by ``meta`` (its own N and K unless ``o`` sets them)."""
+    shots = o.shots or cfg.shots
+    if o.all_classes:
+        return all_classes_sampler(meta, o.data, shots, o.protocol, o.split)
+    if o.by_domain:
+        return domain_sampler(meta, o.data, shots, o.query_shots, o.protocol, o.split)
+    return held_out_sampler(meta, o.data, o.ways or cfg.ways, shots, o.query_shots, o.protocol, o.split)
+
+
+def evaluate_runs(run_dirs: list[Any], options: EvaluateOptions | None = None) -> list[dict[str, Any]]:
+    """Adaptation curves of several runs on the same held-out episodes (:class:`EvaluateOptions`: which).
 
     ``split="val"`` scores on each run's validation classes instead of its test classes;
     ``inner_lr`` replaces the run's (learned or fixed) inner learning rates by one rate for every
@@ -181,30 +176,18 @@ def evaluate_runs(
     ``all_classes``: every held-out class in each episode, ``episodes`` draws of ``shots`` support
     examples per class, queries = the whole test split (:func:`metactl.data.all_classes_sampler`);
     ``by_domain``: episodes of every intent of one CLINC150 domain (:func:`metactl.data.domain_sampler`)."""
-    check_device(device)
-    if inner_lr is not None and not inner_lr > 0:
-        raise MetactlError(f"--inner-lr must be > 0 (got {inner_lr}).", "Pass a positive learning rate.")
-    if all_classes and by_domain:
-        raise MetactlError("--all-classes and --by-domain are two different settings.", "Pass one of them.")
-    if (all_classes or by_domain) and ways is not None:
-        flag = "--all-classes" if all_classes else "--by-domain"
-        raise MetactlError(f"{flag} sets the number of classes itself (got --ways {ways}).", "Drop --ways.")
+    o = options or EvaluateOptions()
+    check_device(o.device)
     tune_malloc()
     results = []
     for run in run_dirs:
-        meta, learner = runs.load_run(run, device)
+        meta, learner = runs.load_run(run, o.device)
         cfg = TrainConfig(**meta["config"])
-        k = steps if steps is not None else cfg.test_inner_steps
-        if all_classes:
-            sampler = all_classes_sampler(meta, data, shots or cfg.shots, protocol, split)
-        elif by_domain:
-            sampler = domain_sampler(meta, data, shots or cfg.shots, queries, protocol, split)
-        else:
-            sampler = held_out_sampler(meta, data, ways or cfg.ways, shots or cfg.shots, queries, protocol, split)
-        n = getattr(sampler, "ways", ways or cfg.ways)
-        count = len(sampler) if hasattr(sampler, "episodes") else episodes
+        sampler = held_out_episodes(meta, cfg, o)
+        n = getattr(sampler, "ways", o.ways or cfg.ways)
+        count = len(sampler) if contract.hook(sampler, "episodes") is not None else o.episodes
         t0 = time.perf_counter()
-        values = run_curve(meta, learner, sampler, count, k, seed, device, inner_lr)
+        values = run_curve(meta, learner, sampler, count, o.steps if o.steps is not None else cfg.test_inner_steps, o.seed, o.device, o.inner_lr)
         results.append(
             {
                 "run": str(run),
@@ -212,16 +195,16 @@ def evaluate_runs(
                 "metric": "accuracy" if learner.task == "classification" else "mse",
                 "ways": n if learner.task == "classification" else None,
                 "episodes": count,
-                "split": split,
-                "inner_lr": inner_lr,
+                "split": o.split,
+                "inner_lr": o.inner_lr,
                 "head": "meta-learned" if learner.task != "classification" or n == cfg.ways else "zero-initialised",
-                "setting": "all-classes" if all_classes else "by-domain" if by_domain else "episodes",
-                "shots": shots or cfg.shots,
-                "queries": None if all_classes else queries,  # per class
-                "query_texts": len(sampler) if all_classes else None,  # all-classes: the query texts of each draw
+                "setting": o.setting,
+                "shots": o.shots or cfg.shots,
+                "queries": None if o.all_classes else o.query_shots,  # per class
+                "query_texts": len(sampler) if o.all_classes else None,  # all-classes: the query texts of each draw
                 "seconds": time.perf_counter() - t0,  # the frozen body's features (once), then adapting and scoring every episode
                 "steps": summarise(values),
-                "per_episode": values.tolist() if all_classes else None,  # draws are few: each one's curve
+                "per_episode": values.tolist() if o.all_classes else None,  # draws are few: each one's curve
             }
         )
     return results

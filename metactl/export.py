@@ -12,8 +12,10 @@ batch or on the padding length: checked at export.
 
 Which inputs and outputs the graph has is the model's business (its ``export_module``:
 ``input_names``, ``output_names``, ``example_inputs()``, ``client_inputs(examples)``; integer inputs
-are token sequences, dynamic in their first two dimensions); extra files come from the model's
-``export_assets(labels)`` when it has one. ``metadata_props`` hold ``labels`` (JSON list, index =
+are token sequences, dynamic in their first two dimensions); what differs between images and text
+(the files beside the graph, the input description, the fallback check inputs, the batch check, the
+int8 mode) is the modality's (:mod:`metactl.modalities`), chosen from the adapted preprocessing.
+``metadata_props`` hold ``labels`` (JSON list, index =
 output column), ``preprocessing``, ``source_run`` and ``metactl_version``. The exporter checks its
 own file against torch on ``probabilities`` (≤ 1e-4).
 
@@ -26,10 +28,12 @@ is one, and reported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,36 +46,27 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from safetensors.torch import save
 
-from metactl import __version__, callable_module, card, runs
+from metactl import card, contract, runs
+from metactl._callable import callable_module
+from metactl._version import __version__
 from metactl.adapt import MODEL, load_adapted
-from metactl.data.labeled import Examples, kind_of, read_support
+from metactl.contract import Modality
+from metactl.data.examples import Examples
 from metactl.errors import MetactlError
+from metactl.modalities import modality_of
+from metactl.results import ExportResult
 
 ONNX = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
-TOKENIZER = "tokenizer.json"
-CONFIG = "config.json"
 OPSET = 18
 TOLERANCE = 1e-4
 CHECKED_OUTPUT = "probabilities"
-PADDING_CHECK_ROWS = 32  # rows run one by one, unpadded, in the batch-independence check
-EXTRA_PADDING = 7  # pad tokens added to every row in the padding-independence check
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    max_abs_diff: float
-    agreement_int8: float | None
-    opset: int
-    files: list[str]
-    padding_diff: float | None = None  # text: the largest change of a probability with batch composition or padding
 
 
 def _dynamic_axes(module: Any, example: tuple[torch.Tensor, ...]) -> dict[str, dict[int, str]]:
     """The module's own ``dynamic_axes`` if it declares them; otherwise dimension 0 is the batch and
     integer inputs (token ids, masks) are ``[batch, seq]``."""
-    declared = getattr(module, "dynamic_axes", None)
+    declared = contract.hook(module, "dynamic_axes")
     if declared is not None:
         return dict(declared)
     axes: dict[str, dict[int, str]] = {}
@@ -135,7 +130,8 @@ def _concat(a: Examples, b: Examples) -> Examples:
     return out
 
 
-def _quantize(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) -> bytes:
+def _quantize_static(data: bytes, calibration: dict[str, np.ndarray], workdir: Path, unit: str) -> tuple[bytes, str]:
+    """QDQ int8 (weights per channel), activations calibrated on ``calibration`` (the support set); and its description."""
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -152,7 +148,7 @@ def _quantize(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) ->
         str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8, per_channel=True,
     )  # fmt: skip
-    return dst.read_bytes()
+    return dst.read_bytes(), f"int8 static (QDQ), calibrated on the support {unit}"
 
 
 def float_down_projections(model: onnx.ModelProto) -> list[str]:
@@ -169,31 +165,25 @@ def float_down_projections(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-def _quantize_dynamic(data: bytes, workdir: Path) -> tuple[bytes, int]:
+def _quantize_dynamic(data: bytes, calibration: dict[str, np.ndarray], workdir: Path, unit: str) -> tuple[bytes, str]:
     """int8 weights (one scale per output channel), activations quantized at run time (MatMul/Gather): no
     calibration set needed. The feed-forward down projections stay float (``float_down_projections``).
-    Returns the file and how many MatMuls stayed float."""
+    Returns the file and its description (how many MatMuls stayed float)."""
     raw, dst = workdir / "raw.onnx", workdir / "int8.onnx"
     raw.write_bytes(data)  # no quant_pre_process: its symbolic shape inference gives up on a dynamic sequence length
     keep = float_down_projections(onnx.load_from_string(data))
     quantize_dynamic(str(raw), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
-    return dst.read_bytes(), len(keep)
+    kind = f"int8 dynamic (weights int8 per output channel, activations at run time; {len(keep)} feed-forward down projections float)"
+    return dst.read_bytes(), kind
 
 
-def _padding_diff(data: bytes, inputs: dict[str, np.ndarray], batched: np.ndarray) -> float:
-    """Text: the largest change of a probability when a row is run alone without padding, or with
-    EXTRA_PADDING more pad tokens (id 0, mask 0) than its batch needed."""
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    diff = 0.0
-    lengths = inputs["attention_mask"].sum(1)
-    for i in range(min(len(lengths), PADDING_CHECK_ROWS)):
-        alone = {k: v[i : i + 1, : int(lengths[i])] for k, v in inputs.items()}
-        diff = max(diff, float(np.abs(sess.run([CHECKED_OUTPUT], alone)[0][0] - batched[i]).max()))
-    padded = {k: np.pad(v, [(0, 0), (0, EXTRA_PADDING)]) for k, v in inputs.items()}
-    return max(diff, float(np.abs(sess.run([CHECKED_OUTPUT], padded)[0] - batched).max()))
+QUANTIZERS: dict[str, Callable[[bytes, dict[str, np.ndarray], Path, str], tuple[bytes, str]]] = {
+    "static": _quantize_static,
+    "dynamic": _quantize_dynamic,
+}  # a modality's ``quantization`` mode -> how --quantize int8 makes the file
 
 
-def _checked_set(info: dict[str, Any] | None, prep: dict[str, Any], what: str) -> Examples | None:
+def _checked_set(modality: Modality, info: dict[str, Any] | None, prep: dict[str, Any], what: str) -> Examples | None:
     """The adapt-time support (or query) set read again, or None when it moved or changed since."""
     if not info:
         return None
@@ -201,39 +191,93 @@ def _checked_set(info: dict[str, Any] | None, prep: dict[str, Any], what: str) -
     if not str(path) or not path.exists():
         return None
     try:
-        return read_support(path, prep, what).examples
+        return modality.read_support(path, prep, what).examples
     except MetactlError:  # changed since adapt; the check falls back to other examples
         return None
 
 
-def _serving_tokenizer(blob: bytes, max_length: int) -> bytes:
-    """The tokenizer as the model saw text: truncation at ``max_length``, padding to the longest of a
-    batch (a sentence-transformers folder's own tokenizer.json pads every input to a fixed 128)."""
-    spec = json.loads(blob)
-    pad = spec.get("padding") or {}
-    spec["truncation"] = {"direction": "Right", "max_length": int(max_length), "strategy": "LongestFirst", "stride": 0}
-    spec["padding"] = {
-        "strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None,
-        "pad_id": int(pad.get("pad_id", 0)), "pad_type_id": int(pad.get("pad_type_id", 0)), "pad_token": str(pad.get("pad_token", "[PAD]")),
-    }  # fmt: skip
-    return (json.dumps(spec, ensure_ascii=False, indent=2) + "\n").encode()
+def _count(examples: Examples | dict[str, np.ndarray]) -> int:
+    return len(examples) if isinstance(examples, np.ndarray) else len(next(iter(examples.values())))
 
 
-def _text_assets(model: Any, labels: list[str], prep: dict[str, Any]) -> dict[str, bytes]:
-    """tokenizer.json and config.json: the model's own (``export_assets``), else the run's tokenizer and a label map."""
-    assets = dict(model.export_assets(labels)) if hasattr(model, "export_assets") else {}
-    if TOKENIZER not in assets:
-        source = Path(prep["tokenizer"])
-        if not source.is_file():
-            raise MetactlError(f"{source}: the run's tokenizer.json is missing.", "Restore the backbone folder the run was trained with.")
-        assets[TOKENIZER] = source.read_bytes()
-    assets[TOKENIZER] = _serving_tokenizer(assets[TOKENIZER], int(prep["max_length"]))
-    id2label = {str(i): lab for i, lab in enumerate(labels)}
-    config = json.loads(assets[CONFIG]) if CONFIG in assets else {"id2label": id2label, "label2id": {lab: i for i, lab in enumerate(labels)}}
-    if {str(k): v for k, v in config.get("id2label", {}).items()} != id2label:
-        raise MetactlError(f"The model's {CONFIG} names other labels than the adapted model's metactl.json.", "Please report this with the adapted folder.")
-    assets[CONFIG] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode()
-    return assets
+@dataclass
+class Check:
+    """What the export was checked on and what the check found."""
+
+    inputs: dict[str, np.ndarray]  # the graph inputs, as a client sends them: the support rows first
+    calibration_rows: int  # the support rows (int8 calibrates on these)
+    has_query: bool  # rows after the support rows are the query set's
+    on: str  # what the inputs are, in words
+    max_abs_diff: float = 0.0
+    probabilities: np.ndarray | None = None  # onnxruntime's, for the inputs
+    batch_and_padding: float | None = None  # the modality's batch-independence figure, where it has one
+
+
+def _check_inputs(meta: dict[str, Any], prep: dict[str, Any], deployed: Any, modality: Modality) -> Check:
+    """The support (and query) examples as graph inputs; the modality's fallback inputs when the support set moved."""
+    unit = modality.unit
+    support = _checked_set(modality, meta.get("support"), prep, "support")
+    query = _checked_set(modality, meta.get("query"), prep, "query")
+    if support is None:
+        raw, on = modality.fallback_inputs(deployed, prep)
+        return Check(raw, _count(raw), False, on)
+    raw = deployed.client_inputs(support if query is None else _concat(support, query))
+    return Check(raw, _count(support), query is not None, f"support {unit}" + (f" and query {unit}" if query is not None else ""))
+
+
+def _check(data: bytes, deployed: Any, check: Check, modality: Modality) -> Check:
+    """onnxruntime against torch on ``check.inputs`` (≤ TOLERANCE), then the modality's batch-independence check."""
+    expected = _torch_outputs(deployed, check.inputs)[CHECKED_OUTPUT]
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return sess.run([CHECKED_OUTPUT], inputs)[0]
+
+    got = run(check.inputs)
+    diff = float(np.abs(expected - got).max())
+    if not diff <= TOLERANCE:
+        raise MetactlError(f"ONNX check failed: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE:g}).", "Please report this.")
+    padding = modality.batch_independence(run, check.inputs, got)
+    if padding is not None and not padding <= TOLERANCE:
+        raise MetactlError(
+            f"ONNX check failed: a prediction changes by {padding:.2e} (> {TOLERANCE:g}) with the batch's other {modality.unit} or its padding.",
+            "Please report this with the adapted folder.",
+        )
+    return dataclasses.replace(check, max_abs_diff=diff, probabilities=got, batch_and_padding=padding)
+
+
+def _int8(data: bytes, check: Check, modality: Modality) -> tuple[bytes, dict[str, Any]]:
+    """The int8 file (the modality's quantization mode) and its record: how often it predicts what the float model does,
+    on the query rows when there are some (never calibrated on), else on every checked row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = _rows(check.inputs, slice(None, check.calibration_rows))
+        q, kind = QUANTIZERS[modality.quantization](data, calibration, Path(tmp), modality.unit)
+    held = slice(check.calibration_rows, None) if check.has_query else slice(None)
+    assert check.probabilities is not None
+    agreement = float((_run_onnx(q, _rows(check.inputs, held)).argmax(-1) == check.probabilities[held].argmax(-1)).mean())
+    on = f"query {modality.unit}" if check.has_query else check.on
+    return q, {"kind": kind, "file": ONNX_INT8, "argmax_agreement_with_float": agreement, "agreement_on": on}
+
+
+def _record(meta: dict[str, Any], source: Path, deployed: Any, modality: Modality, check: Check, quantization: dict[str, Any] | None) -> dict[str, Any]:
+    """The export's metactl.json: labels, preprocessing, the input/output contract, the check and the int8 figures."""
+    prep, labels = meta["preprocessing"], meta["labels"]
+    n_checked = _count(check.inputs)
+    checked: dict[str, Any] = {modality.unit: n_checked, "on": check.on, "output": CHECKED_OUTPUT, "max_abs_diff": check.max_abs_diff, "tolerance": TOLERANCE}
+    if check.batch_and_padding is not None:
+        checked["batch_and_padding_max_abs_diff"] = check.batch_and_padding
+    return {
+        "metactl_version": __version__,
+        "kind": "export",
+        "labels": labels,
+        "preprocessing": modality.served_preprocessing(prep),
+        **modality.io_contract(deployed, prep, labels),
+        "opset": OPSET,
+        "check": checked,
+        "quantization": quantization,
+        "source_adapted": str(source.resolve()),
+        "source_run": meta.get("source_run"),
+    }
 
 
 def _source_run_meta(adapted: dict[str, Any]) -> dict[str, Any] | None:
@@ -244,136 +288,48 @@ def _source_run_meta(adapted: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def export(
-    source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False, command: str | None = None
-) -> ExportResult:
-    """Export the adapted folder ``source`` to ``out`` (model.onnx, model.safetensors, metactl.json, the model
-    card README.md, and the text files); ``command`` (what asked for it) is recorded in the card."""
-
-    if quantize not in (None, "int8"):
-        raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")
-    runs.ensure_out_free(out, force)
-    meta, model = load_adapted(source)
+def _graph_metadata(meta: dict[str, Any], source: Path, modality: Modality) -> dict[str, str]:
+    """``model.onnx``'s metadata_props: labels, the preprocessing with its input described, provenance."""
     prep = meta["preprocessing"]
-    labels = meta["labels"]
-    text = kind_of(prep) == "text"
-    deployed = model.export_module(prep).eval()  # type: ignore[operator]
-    assets = _text_assets(model, labels, prep) if text else {}
-    served_prep = {**prep, "tokenizer": TOKENIZER} if text else prep
-    if text:
-        described = {**served_prep, "input": "input_ids, attention_mask: int64 [batch, seq] from tokenizer.json (truncated at max_length, padded per batch)"}
-    else:
-        channels = int(prep.get("channels", 1))
-        color = "RGB" if channels == 3 else "grayscale"
-        described = {**prep, "input": f"pixels: float32 raw values 0-255, NCHW (batch, {channels}, size, size); {color}, resized, not inverted"}
-    metadata = {
-        "labels": json.dumps(labels, ensure_ascii=False),
+    described = {**modality.served_preprocessing(prep), "input": modality.describe_input(prep)}
+    return {
+        "labels": json.dumps(meta["labels"], ensure_ascii=False),
         "preprocessing": json.dumps(described, ensure_ascii=False),
         "source_run": meta.get("source_run", ""),
         "adapted_from": str(source.resolve()),
         "metactl_version": __version__,
     }
-    data = _onnx_bytes(deployed, metadata)
-    # check the file against torch on the support (and query) examples, as a client sends them
-    unit = "texts" if text else "images"
-    support = _checked_set(meta.get("support"), prep, "support")
-    query = _checked_set(meta.get("query"), prep, "query")
-    checked_on = f"support {unit}" + (f" and query {unit}" if query is not None else "")
-    n_support = 0
-    if support is None:  # the support set moved since adapt: check on fixed inputs instead
-        if text:
-            raw = {name: t.numpy() for name, t in zip(deployed.input_names, deployed.example_inputs(), strict=True)}
-            checked_on = "the model's example inputs"
-        else:
-            size = int(prep["size"])
-            channels = int(prep.get("channels", 1))
-            shape = (16, size, size) if channels == 1 else (16, channels, size, size)
-            pixels = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
-            raw, checked_on = deployed.client_inputs(pixels), "random pixels"
-        query = None
-        n_support = len(next(iter(raw.values())))
-    else:
-        n_support = len(support["input_ids"] if isinstance(support, dict) else support)
-        raw = deployed.client_inputs(support if query is None else _concat(support, query))
-    n_checked = len(next(iter(raw.values())))
-    expected = _torch_outputs(deployed, raw)[CHECKED_OUTPUT]
-    got = _run_onnx(data, raw)
-    diff = float(np.abs(expected - got).max())
-    if not diff <= TOLERANCE:
-        raise MetactlError(f"ONNX check failed: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE:g}).", "Please report this.")
-    padding = None
-    if text:
-        padding = _padding_diff(data, raw, got)
-        if not padding <= TOLERANCE:
-            raise MetactlError(
-                f"ONNX check failed: a prediction changes by {padding:.2e} (> {TOLERANCE:g}) with the batch's other texts or its padding.",
-                "Please report this with the adapted folder.",
-            )
+
+
+def export(
+    source: Path = Path("adapted"), out: Path = Path("export"), quantize: str | None = None, force: bool = False, command: str | None = None
+) -> ExportResult:
+    """Export the adapted folder ``source`` to ``out`` (model.onnx, model.safetensors, metactl.json, the model
+    card README.md, and the modality's files); ``command`` (what asked for it) is recorded in the card."""
+    if quantize not in (None, "int8"):
+        raise MetactlError(f"--quantize {quantize!r} is not supported.", "Use --quantize int8 or leave it out.")
+    runs.ensure_out_free(out, force)
+    meta, model = load_adapted(source)
+    prep = meta["preprocessing"]
+    modality = modality_of(prep)
+    deployed = model.export_module(prep).eval()  # type: ignore[operator]
+    assets = modality.export_assets(model, meta["labels"], prep)
+    data = _onnx_bytes(deployed, _graph_metadata(meta, source, modality))
+    check = _check(data, deployed, _check_inputs(meta, prep, deployed, modality), modality)  # as a client sends them
     files = {ONNX: data, **assets}
-    agreement, kept_float = None, 0
-    held = slice(n_support, None) if query is not None else slice(None)  # queries: not calibrated on
+    quantization = None
     if quantize == "int8":
-        with tempfile.TemporaryDirectory() as tmp:
-            q, kept_float = _quantize_dynamic(data, Path(tmp)) if text else (_quantize(data, _rows(raw, slice(None, n_support)), Path(tmp)), 0)
-        agreement = float((_run_onnx(q, _rows(raw, held)).argmax(-1) == got[held].argmax(-1)).mean())
-        files[ONNX_INT8] = q
-    tensors = runs.load_tensors(source / MODEL)
-    files[MODEL] = save(tensors, metadata={"format": "metactl-adapted", "metactl_version": __version__})
-    if text:
-        io: dict[str, Any] = {
-            "input": {
-                "names": list(deployed.input_names),
-                "dtype": "int64",
-                "shape": ["batch", "seq"],
-                "values": "tokenizer.json's ids (truncated at max_length) and 1/0 attention mask; pad per batch, with any id",
-            },
-            "output": {"names": list(deployed.output_names), "shape": ["batch", len(labels)]},
-            "tokenizer": TOKENIZER,
-            "config": CONFIG,
-        }
-    else:
-        size, channels = int(prep["size"]), int(prep.get("channels", 1))
-        io = {
-            "input": {
-                "name": "pixels",
-                "dtype": "float32",
-                "shape": ["batch", channels, size, size],
-                "values": f"raw 0-255, {'RGB' if channels == 3 else 'grayscale'}, resized; inversion and scaling are inside the graph",
-            },
-            "output": {"name": "probabilities", "shape": ["batch", len(labels)]},
-        }
-    check: dict[str, Any] = {unit: n_checked, "on": checked_on, "output": CHECKED_OUTPUT, "max_abs_diff": diff, "tolerance": TOLERANCE}
-    if padding is not None:
-        check["batch_and_padding_max_abs_diff"] = padding
-    info = {
-        "metactl_version": __version__,
-        "kind": "export",
-        "labels": labels,
-        "preprocessing": served_prep,
-        **io,
-        "opset": OPSET,
-        "check": check,
-        "quantization": None
-        if quantize is None
-        else {
-            "kind": (
-                f"int8 dynamic (weights int8 per output channel, activations at run time; {kept_float} feed-forward down projections float)"
-                if text
-                else "int8 static (QDQ), calibrated on the support images"
-            ),
-            "file": ONNX_INT8,
-            "argmax_agreement_with_float": agreement,
-            "agreement_on": f"query {unit}" if query is not None else checked_on,
-        },
-        "source_adapted": str(source.resolve()),
-        "source_run": meta.get("source_run"),
-    }
+        files[ONNX_INT8], quantization = _int8(data, check, modality)
+    files[MODEL] = save(runs.load_tensors(source / MODEL), metadata={"format": "metactl-adapted", "metactl_version": __version__})
+    info = _record(meta, source, deployed, modality, check, quantization)
     if command:
         info["command"] = command
     files[runs.META] = (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode()
     files[card.CARD] = card.render(meta, _source_run_meta(meta), info, out.name, sorted([*files, card.CARD])).encode()
     runs.write_dir_atomically(out, force, files)
-    return ExportResult(out, diff, agreement, OPSET, sorted(files), padding)
+    int8 = out / ONNX_INT8 if quantization else None
+    agreement = quantization["argmax_agreement_with_float"] if quantization else None
+    return ExportResult(out, out / ONNX, int8, check.max_abs_diff, agreement, OPSET, out / card.CARD, sorted(files))
 
 
 __all__ = ["ExportResult", "export"]

@@ -23,11 +23,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,10 +40,11 @@ from metactl import export as export_module
 from metactl import loggers, runtime, train
 from metactl import plot as plotting
 from metactl import runs as rundirs
-from metactl.config import PROTOCOLS, TrainConfig, check_types, load_toml, resolve
+from metactl.config import EvaluateOptions, TrainConfig, check_types, load_toml, resolve
 from metactl.data import check_split
 from metactl.errors import MetactlError
 from metactl.perf import check_device
+from metactl.results import AdaptResult, ExportResult, TrainResult
 
 console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,53 +53,6 @@ TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 # --- results ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A finished meta-training run."""
-
-    path: Path  # the run dir
-    steps: int  # outer steps done
-    seconds: float
-    stopped_by: str  # steps | time-budget | non-finite
-    metrics: dict[str, float] = field(default_factory=dict)  # final validation, named as the loggers name it: val/accuracy_step_K
-    validation: list[dict[str, float]] = field(default_factory=list)  # per inner step k: mean, ci95, median (held-out classes)
-    validation_at_start: list[dict[str, float]] = field(default_factory=list)
-    inner_lr: dict[str, float] = field(default_factory=dict)  # the learned α per parameter tensor (mean)
-    skipped_steps: int = 0
-    config: dict[str, Any] = field(default_factory=dict)  # the resolved settings, as the run records them
-
-    def history(self) -> list[dict[str, Any]]:
-        """The run's ``metrics.jsonl``: one record per outer step (loss, train_metric, seconds, val...)."""
-        path = self.path / rundirs.METRICS
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
-
-
-@dataclass(frozen=True)
-class AdaptResult:
-    """An adapted model folder."""
-
-    path: Path
-    labels: list[str]
-    metrics: dict[str, Any]  # support_accuracy, query_accuracy (None without a query set), support_losses (per inner step)
-    per_class: list[dict[str, Any]] = field(default_factory=list)  # query accuracy per label
-    skipped: list[str] = field(default_factory=list)  # entries of the support folder that are not examples
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """An export folder: model.onnx (+ int8), model.safetensors, metactl.json, README.md (the model card)."""
-
-    path: Path
-    onnx: Path
-    int8: Path | None  # model.int8.onnx with quantize="int8"
-    parity: float  # onnxruntime vs torch, max abs difference of the probabilities
-    agreement: float | None  # int8 vs float: share of identical predictions
-    opset: int
-    card: Path  # README.md
-    files: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -243,12 +196,6 @@ def _train_progress(cfg: TrainConfig, quiet: bool) -> tuple[Progress, train.Repo
     return progress, train.Reporter(message=message, start=on_start, step=on_step, load=on_load)
 
 
-def _train_result(path: Path, steps: int, seconds: float, stopped_by: str, curve: list[dict[str, float]], task: str, **rest: Any) -> TrainResult:
-    metric = "accuracy" if task == "classification" else "mse"
-    metrics = {f"val/{metric}_step_{k}": c["mean"] for k, c in enumerate(curve)}
-    return TrainResult(path, steps, seconds, stopped_by, metrics, curve, **rest)
-
-
 @api
 def meta_train(
     config: str | Path | None = None,
@@ -296,12 +243,7 @@ def meta_train(
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     progress, report = _train_progress(cfg, quiet)
     with progress:
-        r = train.meta_train(cfg, out=out_path, force=force, resume=resume, report=report, log_to=factories, command=command)
-    task = "regression" if cfg.data == "sinusoid" else "classification"
-    return _train_result(
-        r.run_dir, r.steps_done, r.seconds, r.stopped_by, r.val_curve, task,
-        validation_at_start=r.val_curve_start, inner_lr=r.inner_lr, skipped_steps=r.skipped_steps, config=cfg.to_dict(),
-    )  # fmt: skip
+        return train.meta_train(cfg, out=out_path, force=force, resume=resume, report=report, log_to=factories, command=command)
 
 
 def _launch(cfg: TrainConfig, nproc: int, out: Path | None, force: bool, resume: bool, log_to: list[str], quiet: bool, command: str | None) -> TrainResult:
@@ -321,7 +263,7 @@ def _launch(cfg: TrainConfig, nproc: int, out: Path | None, force: bool, resume:
             os.environ[COMMAND_ENV] = previous
     meta = rundirs.read_meta(run_dir)
     curve = meta.get("validation", {}).get("curve", [])
-    return _train_result(
+    return TrainResult.of_curve(
         run_dir,
         int(meta.get("steps_done", 0)),
         float(meta.get("seconds", 0.0)),
@@ -351,9 +293,7 @@ def adapt(
     """Adapt a meta-trained run (``run``, the CLI's ``--from``; default: the newest under ./runs) to the
     labeled examples in ``support`` with its learned per-layer learning rates (``metactl adapt``)."""
     with _status("adapting", quiet):
-        r = adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command)
-    metrics = {"support_accuracy": r.support_accuracy, "query_accuracy": r.query_accuracy, "support_losses": r.support_losses}
-    return AdaptResult(r.out, r.labels, metrics, r.per_class, r.skipped, r.seconds)
+        return adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command)
 
 
 @api
@@ -372,9 +312,7 @@ def export(
     if not onnx:
         raise MetactlError("--no-onnx leaves nothing to export.", "Drop --no-onnx.")
     with _status("exporting and checking", quiet):
-        r = export_module.export(_path_of(adapted), _path_of(out), quantize, force, command)
-    int8 = r.out / export_module.ONNX_INT8 if export_module.ONNX_INT8 in r.files else None
-    return ExportResult(r.out, r.out / export_module.ONNX, int8, r.max_abs_diff, r.agreement_int8, r.opset, r.out / "README.md", r.files)
+        return export_module.export(_path_of(adapted), _path_of(out), quantize, force, command)
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------
@@ -391,19 +329,19 @@ def check_run(run: Path) -> None:
 def evaluate(
     runs: str | Path | TrainResult | Sequence[str | Path | TrainResult] | None = None,
     *,
-    data: str | None = None,
-    protocol: str | None = None,
-    ways: int | None = None,
-    shots: int | None = None,
-    query_shots: int = 15,
-    episodes: int = 600,
-    steps: int | None = None,
-    seed: int = 0,
-    split: str = "test",
-    inner_lr: float | None = None,
-    all_classes: bool = False,
-    by_domain: bool = False,
-    device: str = "cpu",
+    data: str | None = EvaluateOptions.data,
+    protocol: str | None = EvaluateOptions.protocol,
+    ways: int | None = EvaluateOptions.ways,
+    shots: int | None = EvaluateOptions.shots,
+    query_shots: int = EvaluateOptions.query_shots,
+    episodes: int = EvaluateOptions.episodes,
+    steps: int | None = EvaluateOptions.steps,
+    seed: int = EvaluateOptions.seed,
+    split: str = EvaluateOptions.split,
+    inner_lr: float | None = EvaluateOptions.inner_lr,
+    all_classes: bool = EvaluateOptions.all_classes,
+    by_domain: bool = EvaluateOptions.by_domain,
+    device: str = EvaluateOptions.device,
     json: str | Path | None = None,
     plot: str | Path | None = None,
     force: bool = False,
@@ -416,12 +354,13 @@ def evaluate(
     ``split="val"``: the runs' own validation classes; ``inner_lr``: fine-tune at that one rate instead
     of each run's α (a grid of rates on ``split="val"`` chooses a fine-tuning baseline's rate).
     ``all_classes``: every held-out class at once, ``episodes`` draws of ``shots`` examples per class,
-    scored on the whole test split; ``by_domain``: CLINC150 episodes of one whole test domain."""
+    scored on the whole test split; ``by_domain``: CLINC150 episodes of one whole test domain.
+    The keywords before ``json`` are :class:`metactl.config.EvaluateOptions`' fields."""
     check_split(split)  # before minutes are spent on the first run
-    if episodes < 1:
-        raise MetactlError(f"--episodes must be >= 1 (got {episodes}).", "Pass a positive number.")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise MetactlError(f"--protocol {protocol}: unknown.", f"Use one of: {', '.join(PROTOCOLS)}.")
+    options = EvaluateOptions(
+        data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, episodes=episodes, steps=steps, seed=seed,
+        split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, device=device,
+    )  # fmt: skip
     json_path, plot_path = _optional_path(json), _optional_path(plot)
     for target in (json_path, plot_path):
         if target is not None and target.exists() and not force:
@@ -434,17 +373,14 @@ def evaluate(
     for run in run_dirs:  # every run readable before minutes are spent on the first
         check_run(run)
     with _status(f"evaluating {len(run_dirs)} run(s) on {episodes} episodes", quiet):
-        results = evaluate_module.evaluate_runs(
-            run_dirs, data, ways, shots, query_shots, episodes, steps, seed, device, protocol, split, inner_lr, all_classes, by_domain
-        )
+        results = evaluate_module.evaluate_runs(run_dirs, options)
     core = ("run", "algorithm", "metric", "ways", "episodes", "head", "steps", "split", "inner_lr")
     curves = [
         RunCurve(Path(r["run"]), r["algorithm"], r["metric"], r["ways"], r["episodes"], r["head"], r["steps"], r["split"], r["inner_lr"],
                  {k: v for k, v in r.items() if k not in core})
         for r in results
     ]  # fmt: skip
-    setting = "all-classes" if all_classes else "by-domain" if by_domain else "episodes"
-    result = EvaluateResult(curves, curves[0].episodes, seed, data, protocol, json_path, plot_path, split, inner_lr, setting)
+    result = EvaluateResult(curves, curves[0].episodes, seed, data, protocol, json_path, plot_path, split, inner_lr, options.setting)
     if json_path is not None:
         rundirs.atomic_write_json(json_path, result.to_dict())
     if plot_path is not None:

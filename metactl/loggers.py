@@ -24,8 +24,10 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
+from metactl import contract
+from metactl.contract import MetricLogger
 from metactl.errors import MetactlError
 from metactl.registry import EntryPointGroup
 
@@ -34,21 +36,6 @@ TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: the event files (tensorboar
 MLFLOW_DIR = "mlruns"  # MLflow's local file store, in the working folder (MLflow's own default)
 MLFLOW_EXPERIMENT = "metactl"  # unless MLFLOW_EXPERIMENT_NAME says otherwise
 MLFLOW_ARTIFACT_PATH = "run"  # the run dir's files, as the MLflow run's artifacts under run/
-
-
-@runtime_checkable
-class MetricLogger(Protocol):
-    """Where a run's params and per-step metrics also go. Built as ``factory(run_dir, start_step=N)``."""
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        """The run's resolved settings (flat: ``algo_options.x`` for nested keys), once at the start."""
-
-    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """One meta-step's scalars (:func:`scalars` of the line just appended to ``metrics.jsonl``)."""
-
-    def finish(self, run_dir: Path, status: str) -> None:
-        """The run ended (``status``: complete | stopped-non-finite | interrupted | failed); ``run_dir``
-        holds its final files."""
 
 
 LOGGERS = EntryPointGroup(
@@ -66,7 +53,7 @@ def resolve(names: Iterable[str]) -> list[Callable[..., MetricLogger]]:
     factories = []
     for name in dict.fromkeys(names):  # --log-to twice with one name logs once
         factory = LOGGERS.load(name)
-        check = getattr(factory, "check", None)
+        check = contract.hook(factory, "check")
         if callable(check):
             check()
         factories.append(factory)

@@ -19,6 +19,7 @@ from importlib.machinery import PathFinder
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from metactl import contract
 from metactl.errors import MetactlError
 
 GROUP = "metactl.algorithms"
@@ -131,11 +132,8 @@ def check_contract(cls: Any) -> list[str]:
     """What the class lacks of :class:`metactl.api.Algorithm` (empty when nothing): each member by name."""
     from metactl.api import CLASS_ATTRIBUTES, HOOKS, AlgorithmBase  # lazy: api imports torch; `metactl algorithms` lists without it
 
-    problems = []
-    for attr in CLASS_ATTRIBUTES:
-        if not hasattr(cls, attr):
-            problems.append(f"missing class attribute {attr!r}")
-    if hasattr(cls, "Config") and not dataclasses.is_dataclass(cls.Config):
+    problems = [f"missing class attribute {attr!r}" for attr in contract.missing(cls, contract.Algorithm, CLASS_ATTRIBUTES)]
+    if not contract.missing(cls, contract.Algorithm, ("Config",)) and not dataclasses.is_dataclass(cls.Config):
         problems.append("Config must be a dataclass")
     for method in HOOKS:
         impl = getattr(cls, method, None)
@@ -148,9 +146,7 @@ def check_instance(algo: Any) -> list[str]:
     """What a constructed algorithm lacks: its ``config`` and a valid ``inner_lr_shape``."""
     from metactl.api import INNER_LR_SHAPES  # lazy: api imports torch; `metactl algorithms` lists without it
 
-    problems = []
-    if not hasattr(algo, "config"):
-        problems.append("missing instance attribute 'config' (set it in __init__)")
+    problems = [f"missing instance attribute {attr!r} (set it in __init__)" for attr in contract.missing(algo, contract.Algorithm, ("config",))]
     shape = getattr(algo, "inner_lr_shape", None)
     if shape not in INNER_LR_SHAPES:
         problems.append(f"inner_lr_shape must be one of {', '.join(INNER_LR_SHAPES)} (got {shape!r})")

@@ -23,8 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from metactl import __version__
+from metactl._version import __version__
 from metactl.api import Learner
+from metactl.backbones import recorded_tokenizer
 from metactl.errors import MetactlError
 from metactl.models import build_model
 
@@ -144,6 +145,15 @@ def read_meta(run: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise MetactlError(f"{path}: not a metactl metadata file.", "The folder is damaged; use another one.")
     check_version(meta.get("metactl_version"), path)
+    return _found_tokenizer(meta)
+
+
+def _found_tokenizer(meta: dict[str, Any]) -> dict[str, Any]:
+    """A text run (or adapted folder) whose recorded tokenizer.json is gone but whose body came from the Hub:
+    the same commit's tokenizer, found again in the Hugging Face cache (the body is found the same way)."""
+    prep, model = meta.get("preprocessing"), meta.get("model")
+    if isinstance(prep, dict) and prep.get("kind") == "text" and "tokenizer" in prep and isinstance(model, dict):
+        meta["preprocessing"] = {**prep, "tokenizer": str(recorded_tokenizer(prep, model))}
     return meta
 
 

@@ -368,9 +368,9 @@ def check_algorithm(name: str, tmp: Path, **config: Any) -> None:
     # reproducible from the seed, and the run dir round-trips through adapt and export
     a = meta_train(cfg, out=tmp / "a")
     b = meta_train(cfg, out=tmp / "b")
-    ta, tb = load_file(a.run_dir / "theta.safetensors"), load_file(b.run_dir / "theta.safetensors")
+    ta, tb = load_file(a.path / "theta.safetensors"), load_file(b.path / "theta.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), "same seed, different θ"
     support = make_image_folder(tmp / "support", classes=3, per_class=2, seed=5)
-    adapt(support, a.run_dir, None, None, tmp / "adapted")
+    adapt(support, a.path, None, None, tmp / "adapted")
     export(tmp / "adapted", tmp / "export")
     _check_onnx(tmp / "export", tmp / "adapted", support, data_dir)

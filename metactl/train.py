@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -35,8 +34,10 @@ from typing import Any
 
 import torch
 
-from metactl import __version__, runs
+from metactl import contract, runs
+from metactl._version import __version__
 from metactl.api import Learner, SetupInfo
+from metactl.backbones import resolve_backbone
 from metactl.config import TrainConfig
 from metactl.data import TaskData, open_data
 from metactl.data.episodes import EpisodeBatch, prefetch, training_tasks
@@ -48,6 +49,7 @@ from metactl.loggers import MetricLogger, flat_params, scalars
 from metactl.models import build_model
 from metactl.perf import check_device, task_parallel_meta_gradient, task_workers, tune_malloc
 from metactl.registry import build_algorithm
+from metactl.results import TrainResult
 
 TRAIN_STREAM = 0
 
@@ -60,18 +62,6 @@ class Reporter:
     start: Callable[[int, int], None] = lambda first, total: None
     step: Callable[[int, dict[str, float]], None] = lambda step, m: None
     load: Callable[[int, int], None] = lambda done, total: None
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps_done: int
-    seconds: float
-    stopped_by: str  # "steps" | "time-budget" | "non-finite"
-    val_curve: list[dict[str, float]] = field(default_factory=list)
-    val_curve_start: list[dict[str, float]] = field(default_factory=list)
-    inner_lr: dict[str, float] = field(default_factory=dict)
-    skipped_steps: int = 0
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -139,33 +129,30 @@ def learner_for_model(model: Any, cfg: TrainConfig, task: str, device: str, inne
 def model_spec_for(data: TaskData, cfg: TrainConfig) -> dict[str, Any]:
     """The data's model, on the pretrained body ``--backbone`` names when it is a metactl run (an image
     body: all its θ but the head initialises the model; ``--adapt head`` freezes it). A text source
-    builds its own spec on its Hugging Face backbone."""
+    builds its own spec on its Hugging Face backbone. Both ask :func:`resolve_backbone`."""
     spec = data.model_spec
     if not cfg.backbone or spec.get("kind") == "text-classifier":
         return spec
-    path = Path(cfg.backbone).expanduser()
-    if not (path / runs.META).is_file():
-        if (path / "config.json").is_file():
-            raise MetactlError(
-                f"--backbone {path} is a pretrained text encoder, but --data {cfg.data} is not text.",
-                "Use --data intents:DIR or text:FILE with it, or pass a metactl run dir as an image --backbone.",
-            )
-        raise MetactlError(f"--backbone {path}: neither a metactl run nor a pretrained model folder.", "Pass a run dir (runs/NAME) or a Hugging Face folder.")
-    meta = runs.read_meta(path)
-    if meta.get("kind") != "run" or not (path / runs.THETA).is_file():
-        raise MetactlError(f"--backbone {path}: not a finished metactl run.", "Pass a run dir written by metactl meta-train.")
+    found = resolve_backbone(cfg.backbone)
+    if found.kind != "run":
+        raise MetactlError(
+            f"--backbone {cfg.backbone} is a pretrained text encoder, but --data {cfg.data} is not text.",
+            "Use --data intents:DIR or text:FILE with it, or pass a metactl run dir as an image --backbone.",
+        )
+    meta = runs.read_meta(found.folder)
+    if meta.get("kind") != "run":
+        raise MetactlError(f"--backbone {cfg.backbone}: not a finished metactl run.", "Pass a run dir written by metactl meta-train.")
     body = meta["model"]
     if body.get("kind") != spec.get("kind") or any(body.get(k) != spec.get(k) for k in ("in_channels", "image_size")):
         raise MetactlError(
-            f"--backbone {path}: its model ({body.get('kind')}, {body.get('in_channels')}×{body.get('image_size')}) does not take this data's "
+            f"--backbone {found.folder}: its model ({body.get('kind')}, {body.get('in_channels')}×{body.get('image_size')}) does not take this data's "
             f"inputs ({spec.get('kind')}, {spec.get('in_channels')}×{spec.get('image_size')}).",
             "Use a run trained on data of the same kind and size.",
         )
     if cfg.adapt == "lora":
         raise MetactlError("--adapt lora adds adapters to a transformer's projections; this backbone is a Conv-4.", "Use --adapt head or --adapt all.")
-    sha = hashlib.sha256((path / runs.THETA).read_bytes()).hexdigest()
     return {
-        **body, "num_classes": spec["num_classes"], "init_from": {"run": str(path.resolve()), "theta_sha256": sha},
+        **body, "num_classes": spec["num_classes"], "init_from": {"run": str(found.folder), "theta_sha256": found.sha256},
         "adapt": cfg.adapt, "train_body": cfg.train_body,
     }  # fmt: skip
 
@@ -333,7 +320,7 @@ def setup(
     algo.setup(learner, SetupInfo(train_classes=pool.num_classes if pool is not None else 0))
     if learner.model.features_fixed():  # a frozen body under a head: each example's features once, not once per task
         for sampler in (data.train, data.val):
-            if sampler is not None and hasattr(sampler, "precompute"):
+            if sampler is not None and contract.hook(sampler, "precompute") is not None:
                 report.message(f"Computing the frozen body's features of the {getattr(sampler, 'what', 'data')} examples once.")
                 sampler.precompute(feature_fn(learner, device))
     opt = make_optimizer(algo, learner, cfg)
@@ -495,7 +482,7 @@ def finish(s: Session) -> TrainResult:
     cfg, seconds = s.cfg, s.elapsed()
     if not s.main:
         s.world.barrier()  # wait for rank 0 to finish writing, then leave together
-        return TrainResult(run_dir=Path(s.replaces or s.out), steps_done=s.step, seconds=seconds, stopped_by=s.stopped_by, skipped_steps=s.skipped)
+        return TrainResult(Path(s.replaces or s.out), s.step, seconds, s.stopped_by, skipped_steps=s.skipped, config=cfg.to_dict())
     _save_checkpoint(s.out, s.learner, s.opt, s.step, seconds, s.bad)
     _save_theta(s.out, s.learner)
     val_curve = s.val_curve() if s.data.val is not None else []
@@ -527,16 +514,13 @@ def finish(s: Session) -> TrainResult:
             f"The last good θ is saved in {out}.",
             f"Try a lower --meta-lr (now {cfg.meta_lr:g}) or --inner-lr (now {cfg.inner_lr:g}).",
         )
-    return TrainResult(
-        run_dir=out,
-        steps_done=s.step,
-        seconds=seconds,
-        stopped_by=s.stopped_by,
-        val_curve=val_curve,
-        val_curve_start=s.val_start,
+    return TrainResult.of_curve(
+        out, s.step, seconds, s.stopped_by, val_curve, s.data.kind,
+        validation_at_start=s.val_start,
         inner_lr={k: float(v.detach().mean()) for k, v in s.learner.inner_lr.items()},
         skipped_steps=s.skipped,
-    )
+        config=cfg.to_dict(),
+    )  # fmt: skip
 
 
 def close_loggers(s: Session, status: str) -> None:

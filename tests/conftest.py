@@ -11,12 +11,18 @@ real-data test cannot silently not run in CI.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from metactl.testing import make_image_folder
+
+if TYPE_CHECKING:
+    import torch
+
+    from metactl.api import Learner, TaskBatch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 OMNIGLOT = Path(os.environ.get("METACTL_OMNIGLOT", SHARED / "omniglot"))
@@ -71,6 +77,74 @@ def minilm_dir() -> Path:
 def intents_dir() -> Path:
     """The intents root (``clinc150/``, ``banking77/``, ``hwu64/``)."""
     return _real_data(INTENTS / "clinc150" / "data_full.json", "The intents datasets", "METACTL_INTENTS").parent
+
+
+def drift_the_exported_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on ``export`` writes a graph that computes something else than torch (the head's first
+    bias shifted by 0.5): what its parity check must refuse."""
+    import copy
+
+    import torch
+
+    from metactl import export as export_mod
+
+    original = export_mod._onnx_bytes
+
+    def drifted(module: Any, metadata: dict[str, str]) -> bytes:
+        other = copy.deepcopy(module)
+        with torch.no_grad():
+            other.model.head.bias[0] += 0.5
+        return original(other, metadata)
+
+    monkeypatch.setattr(export_mod, "_onnx_bytes", drifted)
+
+
+# --- gradient checks ------------------------------------------------------------------------------
+
+
+def meta_objective(learner: Learner, batch: TaskBatch, steps: int) -> float:
+    """The meta-objective (1/B) Σ L_query(ϕᵢ(θ, α)) as a plain number: ``steps`` inner steps from θ."""
+    import torch
+
+    from metactl.inner import inner_loop
+
+    total = 0.0
+    with torch.enable_grad():
+        for i in range(len(batch)):
+            sx, sy, qx, qy = batch.task(i)
+            phi = inner_loop(learner, learner.params, sx, sy, steps, second_order=False)
+            total += float(learner.loss(learner.predict_query(phi, sx, qx), qy).detach())
+    return total / len(batch)
+
+
+def central_difference(f: Callable[[], float], flat: torch.Tensor, j: int, eps: float = 1e-6) -> float:
+    """(f with ``flat[j]`` + eps − f with ``flat[j]`` − eps) / 2 eps; ``flat[j]`` is restored."""
+    old = float(flat[j])
+    flat[j] = old + eps
+    up = f()
+    flat[j] = old - eps
+    down = f()
+    flat[j] = old
+    return (up - down) / (2 * eps)
+
+
+Objective = Callable[["Learner", "TaskBatch", int], float]
+
+
+def finite_difference(
+    learner: Learner, batch: TaskBatch, steps: int, tensors: dict[str, torch.Tensor], objective: Objective = meta_objective, eps: float = 1e-6
+) -> dict[str, torch.Tensor]:
+    """d objective / d t by central differences at every coordinate of every tensor of ``tensors``."""
+    import torch
+
+    grads = {}
+    for name, t in tensors.items():
+        g = torch.zeros_like(t)
+        flat = t.data.view(-1)
+        for j in range(flat.numel()):
+            g.view(-1)[j] = central_difference(lambda: objective(learner, batch, steps), flat, j, eps)
+        grads[name] = g
+    return grads
 
 
 # --- CI: no silent skips -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from metactl.algorithms.reptile import Reptile, ReptileConfig
 from metactl.api import Learner, SetupInfo, TaskBatch
 from metactl.config import TrainConfig
 from metactl.train import init_learner
+from tests.conftest import finite_difference
 from tests.test_maml import tiny_batch, tiny_learner
 
 CONV = {"kind": "conv4", "num_classes": 3, "in_channels": 1, "image_size": 16, "width": 4}
@@ -173,8 +174,6 @@ def test_per_step_inner_lr_gives_each_inner_step_its_own_alpha() -> None:
     assert learner.per_step_lr and all(a.shape == (2,) for a in learner.inner_lr.values())
     batch = tiny_batch("mlp")
     algo.meta_gradient(learner, batch)
-    from tests.test_maml import finite_difference
-
     fd = finite_difference(learner, batch, 2, learner.inner_lr)
     for k, a in learner.inner_lr.items():
         torch.testing.assert_close(a.grad, fd[k], rtol=1e-5, atol=1e-7)
@@ -252,14 +251,11 @@ def _protomaml_objective(learner: Learner, batch: TaskBatch, steps: int) -> floa
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-def test_protomaml_second_order_meta_gradient_matches_finite_differences(steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.test_maml as tm
-
-    monkeypatch.setattr(tm, "objective", _protomaml_objective)  # the finite-difference helper of test_maml, on ProtoMAML's objective
+def test_protomaml_second_order_meta_gradient_matches_finite_differences(steps: int) -> None:
     learner, batch = fresh("conv")
     _protomaml(steps).meta_gradient(learner, batch)
-    fd_theta = tm.finite_difference(learner, batch, steps, learner.params)
-    fd_alpha = tm.finite_difference(learner, batch, steps, learner.inner_lr)
+    fd_theta = finite_difference(learner, batch, steps, learner.params, _protomaml_objective)
+    fd_alpha = finite_difference(learner, batch, steps, learner.inner_lr, _protomaml_objective)
     for name, p in learner.params.items():
         if name in learner.head:  # replaced by the prototype head: no gradient, and the objective does not depend on it
             assert p.grad is None and float(fd_theta[name].abs().max()) < 1e-8

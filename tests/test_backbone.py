@@ -24,7 +24,7 @@ TINY = dict(data="glyphs", ways=3, shots=1, query_shots=2, meta_batch=2, width=8
 
 @pytest.fixture(scope="module")
 def body_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return meta_train(TrainConfig(algo="pretrain", steps=3, **TINY), out=tmp_path_factory.mktemp("pre") / "run").run_dir
+    return meta_train(TrainConfig(algo="pretrain", steps=3, **TINY), out=tmp_path_factory.mktemp("pre") / "run").path
 
 
 def _body(run: Path) -> dict[str, torch.Tensor]:
@@ -32,7 +32,7 @@ def _body(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_head_on_a_frozen_pretrained_body(body_run: Path, tmp_path: Path) -> None:
-    run = meta_train(TrainConfig(algo="maml", steps=3, backbone=str(body_run), adapt="head", **TINY), out=tmp_path / "meta").run_dir
+    run = meta_train(TrainConfig(algo="maml", steps=3, backbone=str(body_run), adapt="head", **TINY), out=tmp_path / "meta").path
     theta = load_file(run / "theta.safetensors")
     assert {k for k in theta if not k.startswith("inner_lr.")} == {"head.weight", "head.bias"}, sorted(theta)
     meta = json.loads((run / "metactl.json").read_text())
@@ -86,7 +86,7 @@ def test_a_changed_body_run_is_refused(body_run: Path, tmp_path: Path) -> None:
 
     copy = tmp_path / "copy"
     shutil.copytree(body_run, copy)
-    run = meta_train(TrainConfig(algo="maml", steps=2, backbone=str(copy), adapt="head", **TINY), out=tmp_path / "meta").run_dir
+    run = meta_train(TrainConfig(algo="maml", steps=2, backbone=str(copy), adapt="head", **TINY), out=tmp_path / "meta").path
     theta = load_file(copy / "theta.safetensors")
     theta["convs.0.weight"] = theta["convs.0.weight"] + 1.0
     from safetensors.torch import save_file
@@ -102,7 +102,7 @@ def test_body_lr_is_the_bodys_own_outer_learning_rate(body_run: Path, tmp_path: 
     body = _body(body_run)
     for body_lr, want in ((1e-6, 1e-6), (None, 1e-3)):
         cfg = TrainConfig(algo="maml", steps=1, backbone=str(body_run), adapt="head", train_body=True, body_lr=body_lr, meta_lr=1e-3, **TINY)
-        theta = load_file(meta_train(cfg, out=tmp_path / f"meta-{body_lr}").run_dir / "theta.safetensors")
+        theta = load_file(meta_train(cfg, out=tmp_path / f"meta-{body_lr}").path / "theta.safetensors")
         moved = torch.cat([(theta[k] - body[k]).abs().flatten() for k in body if k.endswith("weight")])
         assert 0.9 * want < float(moved.max()) <= 1.1 * want, (body_lr, float(moved.max()))  # float32 rounding of weights near 1: ±6e-8
     with pytest.raises(MetactlError, match="body-lr applies to a body the outer loop trains"):

@@ -115,9 +115,32 @@ def test_text_backbone_card_names_licence_and_base_model(tmp_path: Path) -> None
         "labels": ["billing", "greeting: \"hi\""], "algorithm": "protomaml", "steps": 2, "source_run": "/runs/t",
         "model": {"kind": "text-classifier", "backbone": str(backbone), "backbone_sha256": "ab" * 32, "adapt": "head"},
         "support": {"folder": "/s", "texts": 4, "per_label": {"billing": 2, "greeting: \"hi\"": 2}}, "query_accuracy": None,
+        "preprocessing": {"kind": "text", "max_length": 128},
     }  # fmt: skip
     export = {"input": {"names": ["input_ids", "attention_mask"]}, "check": {"max_abs_diff": 1e-6, "texts": 4, "on": "support texts"}, "opset": 18}
     meta, body = split_card(render(adapted, None, export, "intents", ["README.md", "model.onnx"]))
     assert meta["license"] == "apache-2.0" and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["pipeline_tag"] == "text-classification" and "model-index" not in meta  # no --query: no accuracy claimed
     assert '| 1 | greeting: "hi" | 2 |' in body and "not measured" in body
+
+
+def test_card_names_the_hub_id_revision_commit_and_sha256_the_backbone_came_from(tmp_path: Path) -> None:
+    """A run given ``--backbone org/name@rev`` records ``backbone_source``: the card's base_model is that hub id (the
+    folder itself is not in a hub-cache layout), and the body names id, revision, commit and the whole sha256."""
+    folder = tmp_path / "mirror" / "minilm"
+    folder.mkdir(parents=True)
+    sha, commit = "cd" * 32, "0123456789abcdef0123456789abcdef01234567"
+    source = {"hub_id": "sentence-transformers/all-MiniLM-L6-v2", "revision": "v1.0", "commit": commit}
+    adapted = {
+        "labels": ["a", "b"], "algorithm": "anil", "steps": 1, "source_run": "/runs/t", "preprocessing": {"kind": "text"},
+        "model": {"kind": "text-classifier", "backbone": str(folder), "backbone_sha256": sha, "backbone_source": source, "adapt": "head"},
+        "support": {"folder": "/s", "texts": 2, "per_label": {"a": 1, "b": 1}},
+    }  # fmt: skip
+    export = {"check": {"max_abs_diff": 1e-6, "texts": 2, "on": "support texts"}, "opset": 18}
+    meta, body = split_card(render(adapted, None, export, "x", ["model.onnx"]))
+    assert hub_id(folder) is None and meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    (line,) = [line for line in body.splitlines() if "Hugging Face hub" in line]
+    assert "`sentence-transformers/all-MiniLM-L6-v2`" in line and "revision `v1.0`" in line and f"commit `{commit}`" in line and f"`{sha}`" in line
+    adapted["model"] = {k: v for k, v in adapted["model"].items() if k != "backbone_source"}
+    meta, body = split_card(render(adapted, None, export, "x", ["model.onnx"]))
+    assert "base_model" not in meta and "Hugging Face hub" not in body  # nothing claimed without the record

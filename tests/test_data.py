@@ -68,6 +68,43 @@ def test_support_and_query_images_are_disjoint() -> None:
             assert not s & q and len(s) == 5 and len(q) == 15
 
 
+def _reference_draws(counts: list[int], ways: int, shots: int, queries: int, rng: np.random.Generator, tasks: int) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """The episode draws as the image sampler and the former TextEpisodes made them: every task's classes
+    first (of those with K + Q examples), then task by task, class by class, K + Q example indices."""
+    eligible = np.array([c for c, n in enumerate(counts) if n >= shots + queries], dtype=np.int64)
+    classes = np.stack([rng.choice(eligible, size=ways, replace=False) for _ in range(tasks)])
+    picks = [[rng.choice(counts[int(c)], size=shots + queries, replace=False) for c in classes[b]] for b in range(tasks)]
+    return classes, picks
+
+
+def test_one_sampler_draws_images_and_texts_as_the_reference_does() -> None:
+    from metactl.data.text import TextPool
+
+    counts, ways, shots, queries, tasks = [9, 4, 12, 30, 6, 15, 5, 11], 4, 2, 3, 3
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    index = np.concatenate([np.arange(n) for n in counts]).astype(np.uint8)  # an image's pixels: its index in its class
+    images = ArrayPool(np.broadcast_to(index[:, None, None], (len(index), 2, 2)).copy(), offsets, [f"c{c}" for c in range(len(counts))])
+    # text i of class c: the tokens [101, c, i, 7 * (i % 3) fillers..., 102]: lengths differ within a batch
+    rows = [[np.array([101, c, i, *[7] * (i % 3), 102], dtype=np.int64) for i in range(n)] for c, n in enumerate(counts)]
+    texts = TextPool([f"c{c}" for c in range(len(counts))], rows)
+    for seed in range(4):
+        classes, picks = _reference_draws(counts, ways, shots, queries, np.random.default_rng(seed), tasks)
+        support_ids = np.array([[i for p in task for i in p[:shots]] for task in picks])
+        query_ids = np.array([[i for p in task for i in p[shots:]] for task in picks])
+        im = ClassificationEpisodes(images, ways, shots, queries).sample(np.random.default_rng(seed), tasks)
+        tx = ClassificationEpisodes(texts, ways, shots, queries).sample(np.random.default_rng(seed), tasks)
+        for ep in (im, tx):
+            assert np.array_equal(ep.classes, classes)
+            assert ep.support_y.tolist() == [[0, 0, 1, 1, 2, 2, 3, 3]] * tasks
+            assert ep.query_y.tolist() == [[j for j in range(ways) for _ in range(queries)]] * tasks
+        assert im.support_x.shape == (tasks, ways * shots, 1, 2, 2) and im.support_x.dtype == np.uint8
+        assert np.array_equal(im.support_x[:, :, 0, 0, 0], support_ids) and np.array_equal(im.query_x[:, :, 0, 0, 0], query_ids)
+        for x, ids in ((tx.support_x, support_ids), (tx.query_x, query_ids)):
+            assert np.array_equal(x["input_ids"][:, :, 2], ids)  # the same example indices
+            assert np.array_equal(x["input_ids"][:, :, 1], np.repeat(classes, ids.shape[1] // ways, axis=1))  # of the same classes, class-major
+            assert x["input_ids"].shape[-1] == 4 + int((ids % 3).max())  # padded to the batch's longest text
+
+
 def test_too_few_classes_is_a_clear_error() -> None:
     with pytest.raises(MetactlError, match="5-way episode needs 5"):
         ClassificationEpisodes(_pool(classes=4), ways=5, shots=1, queries=1)

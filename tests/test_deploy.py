@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from metactl.cli import app
-from tests.conftest import write_image_folder
+from tests.conftest import drift_the_exported_graph, write_image_folder
 
 runner = CliRunner()
 SIZE = 28
@@ -186,21 +186,7 @@ def test_adapted_model_equals_validation(ws: dict[str, Path], algo: str) -> None
 def test_export_refuses_a_file_that_differs_from_torch(ws: dict[str, Path], exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The parity check: an ONNX file that computes something else (head bias shifted by 0.5) is a
     one-line error, exit 1, and nothing is written (no export folder, no temp folder)."""
-    import copy
-
-    import torch
-
-    from metactl import export as export_mod
-
-    original = export_mod._onnx_bytes
-
-    def drifted(module: Any, metadata: dict[str, str]) -> bytes:
-        other = copy.deepcopy(module)
-        with torch.no_grad():
-            other.model.head.bias[0] += 0.5
-        return original(other, metadata)
-
-    monkeypatch.setattr(export_mod, "_onnx_bytes", drifted)
+    drift_the_exported_graph(monkeypatch)
     out = ws["root"] / "export-drifted"
     before = set(out.parent.iterdir())
     r = runner.invoke(app, ["export", "--from", str(exported.parent.parent / "adapted"), "--out", str(out)])
@@ -327,14 +313,14 @@ def test_int8_agreement_is_measured_on_the_query_images(ws: dict[str, Path], mon
         seen.update(module=module, metadata=metadata)
         return original(module, metadata)
 
-    def always_bars(data: bytes, calibration: dict[str, np.ndarray], workdir: Path) -> bytes:
+    def always_bars(data: bytes, calibration: dict[str, np.ndarray], workdir: Path, unit: str) -> tuple[bytes, str]:
         other = copy.deepcopy(seen["module"])
         with torch.no_grad():
             other.model.head.bias[0] += 100.0  # label 0 = "bars"
-        return original(other, seen["metadata"])
+        return original(other, seen["metadata"]), "int8 static (QDQ), calibrated on the support images"
 
     monkeypatch.setattr(export_mod, "_onnx_bytes", capture)
-    monkeypatch.setattr(export_mod, "_quantize", always_bars)
+    monkeypatch.setitem(export_mod.QUANTIZERS, "static", always_bars)  # the image modality's int8 mode
     _ok(runner.invoke(app, ["export", "--from", str(adapted), "--quantize", "int8", "--out", str(out)]))
     pixels = _pixels(_files(query))
     float_pred = _session(out / "model.onnx").run(["probabilities"], {"pixels": pixels})[0].argmax(1)

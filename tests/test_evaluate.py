@@ -267,13 +267,14 @@ def test_real_omniglot_protocol_counts(omniglot_dir: Path) -> None:
 
 def test_snapshots_are_runs_evaluate_reads(tmp_path: Path) -> None:
     from metactl import runs
+    from metactl.config import EvaluateOptions
     from metactl.evaluate import evaluate_runs
     from metactl.testing import make_image_folder, tiny_config
     from metactl.train import meta_train
 
     data = make_image_folder(tmp_path / "data")
     cfg = tiny_config("maml", data, steps=4, snapshot_every=2, eval_every=2)
-    out = meta_train(cfg, tmp_path / "run").run_dir
+    out = meta_train(cfg, tmp_path / "run").path
     snaps = sorted((out / runs.SNAPSHOTS).iterdir())
     assert [s.name for s in snaps] == ["step-0000002", "step-0000004"]
     metas = [runs.read_meta(s) for s in snaps]
@@ -283,7 +284,7 @@ def test_snapshots_are_runs_evaluate_reads(tmp_path: Path) -> None:
     assert set(final) == set(last) and all(np.array_equal(final[k].numpy(), last[k].numpy()) for k in final)
     first = runs.load_tensors(snaps[0] / runs.THETA)
     assert not all(np.array_equal(first[k].numpy(), final[k].numpy()) for k in final)
-    results = evaluate_runs(snaps, data=str(data), queries=2, episodes=3)
+    results = evaluate_runs(snaps, EvaluateOptions(data=str(data), query_shots=2, episodes=3))
     assert [r["run"] for r in results] == [str(s) for s in snaps] and all(len(r["steps"]) == cfg.test_inner_steps + 1 for r in results)
 
 

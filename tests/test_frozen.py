@@ -63,7 +63,7 @@ def test_frozen_weights_stay_out_of_theta_and_come_back_for_deployment(pretraine
         algo="maml", data="glyphs", ways=3, shots=1, query_shots=2, meta_batch=2, steps=3, width=8, eval_every=0, eval_episodes=2,
         checkpoint_every=1, threads=1,
     )  # fmt: skip
-    run = meta_train(cfg, out=tmp_path / "run").run_dir
+    run = meta_train(cfg, out=tmp_path / "run").path
     frozen = body()
     theta = load_file(run / "theta.safetensors")
     assert not any(k.startswith("convs.") or k.startswith("inner_lr.convs.") for k in theta), sorted(theta)
@@ -84,7 +84,7 @@ def test_frozen_weights_stay_out_of_theta_and_come_back_for_deployment(pretraine
     _, model = load_adapted(tmp_path / "adapted")
     assert all(torch.equal(v, frozen[k]) for k, v in model.named_parameters() if k in frozen), "the deployed model lost the pretrained body"
     result = export(tmp_path / "adapted", tmp_path / "export")
-    assert result.max_abs_diff <= 1e-4
+    assert result.parity <= 1e-4
     sess = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28)).astype(np.float32)
     probs = sess.run(["probabilities"], {"pixels": pixels})[0]

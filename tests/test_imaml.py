@@ -11,6 +11,7 @@ from metactl.algorithms.imaml import IMAML, IMAMLConfig, proximal_inner_loop
 from metactl.algorithms.maml import maml_meta_gradient
 from metactl.api import Learner, Params, TaskBatch
 from tests import test_maml as maml_tests
+from tests.conftest import central_difference
 
 
 def tiny_learner(kind: str, lr: float = 0.1) -> Learner:
@@ -114,13 +115,7 @@ def test_converged_implicit_gradient_matches_finite_differences() -> None:
     for p in learner.params.values():
         data = p.data.view(-1)
         for k in range(data.numel()):
-            old = float(data[k])
-            data[k] = old + eps
-            up = objective()
-            data[k] = old - eps
-            down = objective()
-            data[k] = old
-            fd[j] = (up - down) / (2 * eps)
+            fd[j] = central_difference(objective, data, k, eps)
             j += 1
     torch.testing.assert_close(got, fd, rtol=1e-5, atol=1e-8)
 

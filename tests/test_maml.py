@@ -10,6 +10,7 @@ from metactl.api import Learner, TaskBatch
 from metactl.inner import inner_loop
 from metactl.models.conv4 import Conv4
 from metactl.models.mlp import MLP
+from tests.conftest import finite_difference
 
 
 def tiny_learner(kind: str, lr: float = 0.3, hidden: tuple[int, ...] = (5, 5)) -> Learner:
@@ -38,34 +39,6 @@ def tiny_batch(kind: str, tasks: int = 2, x_range: float = 5.0) -> TaskBatch:
         qx = torch.rand(tasks, 7, 1, generator=g, dtype=torch.float64) * (2 * x_range) - x_range
         sy, qy = torch.sin(sx), torch.sin(qx)
     return TaskBatch(sx, sy, qx, qy)
-
-
-def objective(learner: Learner, batch: TaskBatch, steps: int) -> float:
-    """The meta-objective (1/B) Σ L_query(ϕᵢ(θ, α)) as a plain number."""
-    with torch.enable_grad():
-        total = 0.0
-        for i in range(len(batch)):
-            phi = inner_loop(learner, learner.params, batch.support_x[i], batch.support_y[i], steps, second_order=False)
-            out = learner.predict_query(phi, batch.support_x[i], batch.query_x[i])
-            total += float(learner.loss(out, batch.query_y[i]).detach())
-    return total / len(batch)
-
-
-def finite_difference(learner: Learner, batch: TaskBatch, steps: int, tensors: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
-    grads = {}
-    for name, t in tensors.items():
-        g = torch.zeros_like(t)
-        flat = t.data.view(-1)
-        for j in range(flat.numel()):
-            old = float(flat[j])
-            flat[j] = old + eps
-            up = objective(learner, batch, steps)
-            flat[j] = old - eps
-            down = objective(learner, batch, steps)
-            flat[j] = old
-            g.view(-1)[j] = (up - down) / (2 * eps)
-        grads[name] = g
-    return grads
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

@@ -278,7 +278,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     # the same settings as _train_cmd, uninterrupted
     cfg = TrainConfig(data="sinusoid", shots=5, inner_lr=0.01, steps=last + 3, meta_batch=4, width=16, eval_every=0, eval_episodes=2,
                       checkpoint_every=20, threads=1)  # fmt: skip
-    full = meta_train(cfg, out=tmp_path / "full").run_dir
+    full = meta_train(cfg, out=tmp_path / "full").path
     a, b = load_tensors(full / "theta.safetensors"), load_tensors(out / "theta.safetensors")
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 

@@ -81,8 +81,8 @@ def _spy_meta_gradient(
 def sinusoid_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An uninterrupted 4-step run with θ kept after every step, and a 2-step run to resume."""
     root = tmp_path_factory.mktemp("resume")
-    full = meta_train(_sinusoid(steps=4, snapshot_every=1, checkpoint_every=100), out=root / "full").run_dir
-    short = meta_train(_sinusoid(steps=2, checkpoint_every=100), out=root / "short").run_dir
+    full = meta_train(_sinusoid(steps=4, snapshot_every=1, checkpoint_every=100), out=root / "full").path
+    short = meta_train(_sinusoid(steps=2, checkpoint_every=100), out=root / "short").path
     return {"root": root, "full": full, "short": short}
 
 
@@ -112,7 +112,7 @@ def test_resume_refuses_a_changed_setting(sinusoid_run: dict[str, Path], tmp_pat
 def test_resume_accepts_more_steps_and_the_same_settings(sinusoid_run: dict[str, Path], tmp_path: Path) -> None:
     """The counterpart of the refusals: --steps may grow (that is what resuming is for)."""
     run = _copy(sinusoid_run["short"], tmp_path / "run")
-    assert meta_train(_sinusoid(steps=4, checkpoint_every=100), out=run, resume=True).steps_done == 4
+    assert meta_train(_sinusoid(steps=4, checkpoint_every=100), out=run, resume=True).steps == 4
 
 
 def test_cli_resume_refuses_a_changed_flag(sinusoid_run: dict[str, Path], tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_ctrl_c_then_resume_is_bit_for_bit_conv4_task_threads(tmp_path: Path, mo
     data = make_image_folder(tmp_path / "data")
     cfg = tiny_config("maml", data, steps=5, meta_batch=4, threads=2, task_threads=0, checkpoint_every=2)
     workers = _spy_meta_gradient(monkeypatch)
-    full = meta_train(cfg, out=tmp_path / "full").run_dir
+    full = meta_train(cfg, out=tmp_path / "full").path
     assert set(workers) == {2}  # really the task-threaded path
 
     def ctrl_c(step: int, record: dict[str, Any]) -> None:
@@ -168,7 +168,7 @@ def test_ctrl_c_then_resume_is_bit_for_bit_conv4_task_threads(tmp_path: Path, mo
         meta_train(cfg, out=run, report=Reporter(step=ctrl_c))
     assert json.loads((run / runs.CHECKPOINT_META).read_text())["step"] == 3  # the Ctrl-C checkpoint, not the step-2 one
     assert not (run / runs.THETA).exists()
-    assert meta_train(cfg, out=run, resume=True).steps_done == 5
+    assert meta_train(cfg, out=run, resume=True).steps == 5
     _assert_bit_equal(_tensors(full / runs.THETA), _tensors(run / runs.THETA), "θ and α")
     _assert_bit_equal(_tensors(full / runs.CHECKPOINT), _tensors(run / runs.CHECKPOINT), "θ, α and Adam state")
     assert _losses(run) == _losses(full)
@@ -229,7 +229,7 @@ def test_a_non_finite_step_is_skipped_marked_and_training_recovers(tmp_path: Pat
     _spy_meta_gradient(monkeypatch, after=poison)
     out = tmp_path / "run"
     result = meta_train(_sinusoid(steps=6, snapshot_every=1, checkpoint_every=100, max_bad_steps=2), out=out)
-    assert (result.stopped_by, result.steps_done, result.skipped_steps) == ("steps", 6, 2)
+    assert (result.stopped_by, result.steps, result.skipped_steps) == ("steps", 6, 2)
     records = [json.loads(x) for x in (out / runs.METRICS).read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r.get("skipped", False) for r in records] == [False, False, True, False, True, False]

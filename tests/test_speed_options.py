@@ -261,7 +261,7 @@ def test_meta_train_with_task_threads_close_to_one_thread(tmp_path: Path) -> Non
     thetas = []
     for n in (1, 2):
         cfg = tiny_config("maml", data, steps=3, meta_batch=4, threads=2, task_threads=n)
-        run = meta_train(cfg, tmp_path / f"run{n}").run_dir
+        run = meta_train(cfg, tmp_path / f"run{n}").path
         assert runs.read_meta(run)["config"]["task_threads"] == n
         thetas.append(runs.load_tensors(run / runs.THETA))
     for k, v in thetas[0].items():

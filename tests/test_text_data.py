@@ -15,13 +15,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from metactl.config import TrainConfig
 from metactl.data import held_out_sampler, open_data, resolve, split_classes
-from metactl.data.episodes import ClassificationEpisodes, training_tasks
+from metactl.data.episodes import ClassificationEpisodes, ImagePool, training_tasks
 from metactl.data.text import (
     TEST_DOMAINS,
     TRAIN_DOMAINS,
     VAL_DOMAINS,
     LabeledText,
-    TextEpisodes,
     TextPool,
     backbone_pooling,
     find_datasets,
@@ -182,7 +181,7 @@ def test_evaluate_gets_the_test_domains_from_the_test_split(intents_dir: Path, m
         "preprocessing": {"kind": "text", "tokenizer": str(minilm_dir / "tokenizer.json"), "max_length": 64},
     }
     sampler = held_out_sampler(meta, None, 5, 5, 15)
-    assert isinstance(sampler, TextEpisodes)
+    assert isinstance(sampler, ClassificationEpisodes) and isinstance(sampler.pool, TextPool)
     domains = json.loads((intents_dir / "clinc150" / "domains.json").read_text())
     assert set(sampler.pool.names()) == {i for d in TEST_DOMAINS for i in domains[d]}
     assert len(sampler.pool) == 30 * 30
@@ -295,7 +294,7 @@ def pool_of(texts: dict[str, list[str]], backbone: Path, max_length: int = 64) -
     return TextPool.from_texts(texts, load_tokenizer(backbone / "tokenizer.json", max_length), max_length)
 
 
-class IndexPool:
+class IndexPool(ImagePool):
     """Images whose single pixel is the example's index: what ClassificationEpisodes picks, readable."""
 
     def __init__(self, counts: list[int]) -> None:
@@ -319,7 +318,7 @@ def test_text_episodes_draw_exactly_what_image_episodes_draw(backbone: Path) -> 
     counts = [12, 5, 9, 30, 7, 15, 3, 11]
     # text i of class c is "w<c> w<i>" plus i % 4 filler words: lengths vary within a batch
     texts = {f"c{c}": [" ".join([f"w{c}", f"w{i}", *WORDS[100 : 100 + i % 4]]) for i in range(n)] for c, n in enumerate(counts)}
-    text_eps = TextEpisodes(pool_of(texts, backbone), 4, 2, 3)
+    text_eps = ClassificationEpisodes(pool_of(texts, backbone), 4, 2, 3)
     image_eps = ClassificationEpisodes(IndexPool(counts), 4, 2, 3)
     assert text_eps.eligible.tolist() == image_eps.eligible.tolist() == [0, 1, 2, 3, 4, 5, 7]
     for seed in range(5):
@@ -340,7 +339,7 @@ def test_text_episodes_draw_exactly_what_image_episodes_draw(backbone: Path) -> 
 
 
 def test_sampling_is_a_function_of_the_seed(backbone: Path) -> None:
-    eps = TextEpisodes(pool_of(corpus(), backbone), 5, 1, 2)
+    eps = ClassificationEpisodes(pool_of(corpus(), backbone), 5, 1, 2)
     a, b, c = (eps.sample(np.random.default_rng(s), 4) for s in (7, 7, 8))
     for key in ("input_ids", "attention_mask"):
         assert np.array_equal(a.support_x[key], b.support_x[key]) and np.array_equal(a.query_x[key], b.query_x[key])
@@ -349,7 +348,7 @@ def test_sampling_is_a_function_of_the_seed(backbone: Path) -> None:
 
 def test_training_tasks_pads_tasks_to_the_longest(backbone: Path) -> None:
     texts = {f"c{c}": [" ".join(WORDS[: 1 + (c * 7 + i) % 11]) for i in range(6)] for c in range(6)}
-    eps = TextEpisodes(pool_of(texts, backbone), 2, 1, 1)
+    eps = ClassificationEpisodes(pool_of(texts, backbone), 2, 1, 1)
     batch = training_tasks(eps, 0, 5, range(4))
     parts = [eps.sample(np.random.default_rng([0, 0, 5, i]), 1) for i in range(4)]
     assert len({p.support_x["input_ids"].shape[-1] for p in parts}) > 1  # the tasks' own lengths differ
@@ -366,7 +365,7 @@ def test_precompute_equals_features_computed_per_episode(backbone: Path) -> None
         ids, mask = x["input_ids"], x["attention_mask"]
         return np.stack([(ids * mask).sum(-1), mask.sum(-1), ids[:, 1]], axis=-1).astype(np.float32)
 
-    eps = TextEpisodes(pool_of(corpus(per=13), backbone), 3, 2, 4)
+    eps = ClassificationEpisodes(pool_of(corpus(per=13), backbone), 3, 2, 4)
     before = [eps.sample(np.random.default_rng(s), 2) for s in range(4)]
     seen: list[int] = []
     eps.precompute(fn, batch_size=7, progress=lambda done, total: seen.append(done))
@@ -383,7 +382,7 @@ def test_precompute_equals_features_computed_per_episode(backbone: Path) -> None
 
 def test_too_few_texts_for_the_episode(backbone: Path) -> None:
     with pytest.raises(MetactlError, match=r"The validation data has 2 classes with at least 13 texts .* a 3-way episode needs 3"):
-        TextEpisodes(pool_of({**corpus(classes=2, per=13), "few": ["w1"] * 12, "one": ["w1"]}, backbone), 3, 3, 10, "validation")
+        ClassificationEpisodes(pool_of({**corpus(classes=2, per=13), "few": ["w1"] * 12, "one": ["w1"]}, backbone), 3, 3, 10, "validation")
 
 
 # --- the labeled-text source -----------------------------------------------------------------------
@@ -410,19 +409,19 @@ def test_csv_tsv_jsonl_and_folders_read_the_same_texts(tmp_path: Path) -> None:
 
 def test_labeled_text_errors(tmp_path: Path, backbone: Path) -> None:
     (tmp_path / "cols.csv").write_text("sentence,intent\nhello,greet\n", encoding="utf-8")
-    with pytest.raises(MetactlError, match=r"cols.csv: no 'text' and 'label' columns \(found 'sentence', 'intent'\)"):
+    with pytest.raises(MetactlError, match=r"cols.csv: needs a header with 'text' and 'label' columns \(found 'sentence', 'intent'\)"):
         read_labeled_texts(tmp_path / "cols.csv", "cols.csv")
     (tmp_path / "latin.csv").write_bytes("text,label\nok,a\ncaf\xe9,b\n".encode("latin-1"))
-    with pytest.raises(MetactlError, match=r"latin.csv: line 3 is not UTF-8"):
+    with pytest.raises(MetactlError, match=r"latin.csv:3: not UTF-8"):
         read_labeled_texts(tmp_path / "latin.csv", "latin.csv")
     (tmp_path / "empty.csv").write_text("text,label\nok,a\nhm, \n", encoding="utf-8")
-    with pytest.raises(MetactlError, match=r"empty.csv: line 3: empty label"):
+    with pytest.raises(MetactlError, match=r"empty.csv:3: empty label"):
         read_labeled_texts(tmp_path / "empty.csv", "empty.csv")
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n', encoding="utf-8")
-    with pytest.raises(MetactlError, match=r"bad.jsonl: line 2 has no 'text' and 'label' keys"):
+    with pytest.raises(MetactlError, match=r'bad.jsonl:2: needs an object with "text" and "label" keys'):
         read_labeled_texts(tmp_path / "bad.jsonl", "bad.jsonl")
-    (tmp_path / "long.csv").write_text("text,label\n" + "x" * 200_000 + ",a\n", encoding="utf-8")
-    with pytest.raises(MetactlError, match=r"long.csv: line 2: field larger than field limit"):
+    (tmp_path / "long.csv").write_text("text,label\n" + "x" * 1_100_000 + ",a\n", encoding="utf-8")  # the 1 MB bound adapt has
+    with pytest.raises(MetactlError, match=r"long.csv:2: line longer than 1 MB"):
         read_labeled_texts(tmp_path / "long.csv", "long.csv")
     with pytest.raises(MetactlError, match=r"--data text:nope.csv: no such file"):
         open_data(cfg_for("text:nope.csv", backbone))

@@ -10,7 +10,6 @@ config.json's id2label, compared with torch on the same texts.
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
 import metactl.models
-from metactl import export as export_mod
 from metactl.cli import app
 from metactl.models import ModelBase
+from tests.conftest import drift_the_exported_graph
 from tests.test_text_support import EXAMPLES, WORDS, write_tokenizer
 
 runner = CliRunner()
@@ -282,15 +281,7 @@ def _export_fails(ws: dict[str, Path], name: str, mp: pytest.MonkeyPatch) -> str
 
 def test_export_refuses_a_graph_that_differs_from_torch(ws: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     _register(monkeypatch)
-    original = export_mod._onnx_bytes
-
-    def drifted(module: Any, metadata: dict[str, str]) -> bytes:
-        other = copy.deepcopy(module)
-        with torch.no_grad():
-            other.model.head.bias[0] += 0.5
-        return original(other, metadata)
-
-    monkeypatch.setattr(export_mod, "_onnx_bytes", drifted)
+    drift_the_exported_graph(monkeypatch)
     assert "ONNX check failed: onnxruntime differs from torch by" in _export_fails(ws, "export-drifted", monkeypatch)
 
 

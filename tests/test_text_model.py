@@ -17,9 +17,9 @@ from metactl.algorithms.maml import maml_meta_gradient
 from metactl.api import Learner, TaskBatch
 from metactl.config import TrainConfig
 from metactl.errors import MetactlError
-from metactl.inner import inner_loop
 from metactl.models.text import TextClassifier, describe_backbone, text_model_spec
 from metactl.train import learner_for_model
+from tests.conftest import central_difference, meta_objective
 
 VOCAB, LENGTH = 40, 7
 
@@ -74,16 +74,6 @@ def token_batch(tasks: int = 2, ways: int = 3, shots: int = 2, queries: int = 2)
     return TaskBatch(part(ways * shots), labels(shots), part(ways * queries), labels(queries))
 
 
-def objective(learner: Learner, batch: TaskBatch, steps: int) -> float:
-    total = 0.0
-    with torch.enable_grad():
-        for i in range(len(batch)):
-            sx, sy, qx, qy = batch.task(i)
-            phi = inner_loop(learner, learner.params, sx, sy, steps, second_order=False)
-            total += float(learner.loss(learner.predict_query(phi, sx, qx), qy).detach())
-    return total / len(batch)
-
-
 def check_finite_differences(learner: Learner, batch: TaskBatch, steps: int, coordinates: int = 3, eps: float = 1e-6) -> int:
     """Compare .grad with central differences at a few coordinates of every θ and α tensor; returns how many."""
     g = torch.Generator().manual_seed(4)
@@ -92,13 +82,7 @@ def check_finite_differences(learner: Learner, batch: TaskBatch, steps: int, coo
         for name, t in group.items():
             flat, grad = t.data.view(-1), t.grad.view(-1)
             for j in torch.randperm(flat.numel(), generator=g)[:coordinates].tolist():
-                old = float(flat[j])
-                flat[j] = old + eps
-                up = objective(learner, batch, steps)
-                flat[j] = old - eps
-                down = objective(learner, batch, steps)
-                flat[j] = old
-                fd = (up - down) / (2 * eps)
+                fd = central_difference(lambda: meta_objective(learner, batch, steps), flat, j, eps)
                 assert abs(float(grad[j]) - fd) <= 1e-6 + 1e-5 * abs(fd), f"{name}[{j}]: autograd {float(grad[j]):.8g}, finite differences {fd:.8g}"
                 checked += 1
     return checked

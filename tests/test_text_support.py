@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from metactl.data.labeled import LabeledExamples, read_support
+from metactl.data.examples import LabeledExamples
 from metactl.data.support import read_labeled_folder
 from metactl.errors import MetactlError
+from metactl.modalities import read_support
 from metactl.testing import make_image_folder
 
 WORDS = "book a flight to paris cancel my order where is package play some music what weather today tomorrow please thanks the hello".split()

@@ -90,14 +90,14 @@ def test_budget_stop(tmp_path: Path) -> None:
     train_loop(spent)
     assert spent.stopped_by == "time-budget" and spent.step == 0
     result = finish(spent)
-    assert result.stopped_by == "time-budget" and (result.run_dir / "theta.safetensors").is_file()
+    assert result.stopped_by == "time-budget" and (result.path / "theta.safetensors").is_file()
 
 
 def test_resume_restores_theta_alpha_optimizer_and_step(tmp_path: Path) -> None:
     s = _session(tmp_path, steps=2, checkpoint_every=1)
     train_loop(s)
     done = finish(s)
-    saved = load_file(done.run_dir / "checkpoint.safetensors")
+    saved = load_file(done.path / "checkpoint.safetensors")
     r = _session(tmp_path, resume=True, steps=4, checkpoint_every=1)
     assert r.step == 2 and r.elapsed_before > 0
     for k, v in r.learner.params.items():

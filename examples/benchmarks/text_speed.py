@@ -62,12 +62,12 @@ def _reset_peak() -> None:
 
 def clinc_batches(backbone: Path, clinc: Path, count: int, max_length: int) -> list:
     """``count`` meta-batches of the intents ``domains`` protocol's meta-training episodes (tokens)."""
-    from metactl.data.episodes import training_tasks
-    from metactl.data.text import TextEpisodes, TextPool, find_datasets, load_tokenizer, protocol_texts
+    from metactl.data.episodes import ClassificationEpisodes, training_tasks
+    from metactl.data.text import TextPool, find_datasets, load_tokenizer, protocol_texts
 
     parts = protocol_texts(find_datasets(clinc, f"intents:{clinc}"), "domains")
     pool = TextPool.from_texts(parts["train"], load_tokenizer(backbone / "tokenizer.json", max_length), max_length)
-    sampler = TextEpisodes(pool, WAYS, SHOTS, QUERIES)
+    sampler = ClassificationEpisodes(pool, WAYS, SHOTS, QUERIES)
     return [training_tasks(sampler, 0, s, range(META_BATCH)) for s in range(count)]
 
 
@@ -160,7 +160,7 @@ def child_serve(adapted: Path, query: Path, out: Path, runs: int, threads: int) 
     import torch
 
     from metactl.adapt import load_adapted
-    from metactl.data.support_text import encode, load_tokenizer
+    from metactl.data.tokens import encode, load_tokenizer
     from metactl.export import export
 
     torch.set_num_threads(threads)

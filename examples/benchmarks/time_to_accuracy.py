@@ -62,6 +62,7 @@ def train(name: str, out: Path, threads: int | None, scale: float, minutes_overr
 
 
 def curve(run: Path, episodes: int, seed: int) -> list[dict]:
+    from metactl.config import EvaluateOptions
     from metactl.evaluate import evaluate_runs
     from metactl.runs import SNAPSHOTS, read_meta
 
@@ -69,7 +70,7 @@ def curve(run: Path, episodes: int, seed: int) -> list[dict]:
     if not snaps:
         sys.exit(f"{run}: no snapshots (the run was shorter than its --snapshot-every)")
     points = []
-    for snap, result in zip(snaps, evaluate_runs(snaps, episodes=episodes, seed=seed), strict=True):
+    for snap, result in zip(snaps, evaluate_runs(snaps, EvaluateOptions(episodes=episodes, seed=seed)), strict=True):
         meta, last = read_meta(snap), result["steps"][-1]
         points.append({"snapshot": snap.name, "steps": meta["steps_done"], "seconds": meta["seconds"], "inner_steps": last["step"],
                        "mean": last["mean"], "ci95": last["ci95"], "by_inner_step": [round(s["mean"], 4) for s in result["steps"]]})  # fmt: skip

@@ -35,7 +35,7 @@ def versions() -> list[tuple[str, str]]:
     package metadata (nothing is imported: torch stays unloaded)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from metactl import __version__
+    from metactl._version import __version__
 
     found = [("metactl", __version__), ("python", platform.python_version())]
     for name in VERSIONS_OF:

@@ -9,6 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import command_line, console, handle_errors
+from metactl.config import EvaluateOptions
+
+DEFAULT = EvaluateOptions()  # the flags' defaults: metactl.evaluate()'s and evaluate_runs'
 
 
 def _check_run_dir(run: Path, positional: bool) -> None:
@@ -41,20 +44,20 @@ def evaluate(
     ),
     ways: int = typer.Option(None, help="N. [default: the run's]"),
     shots: int = typer.Option(None, help="K. [default: the run's]"),
-    query_shots: int = typer.Option(15, help="Queries per class."),
-    episodes: int = typer.Option(600, help="Episodes (the same for every run)."),
+    query_shots: int = typer.Option(DEFAULT.query_shots, help="Queries per class."),
+    episodes: int = typer.Option(DEFAULT.episodes, help="Episodes (the same for every run)."),
     steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
-    seed: int = typer.Option(0, help="Episode seed."),
+    seed: int = typer.Option(DEFAULT.seed, help="Episode seed."),
     all_classes: bool = typer.Option(
-        False,
+        DEFAULT.all_classes,
         "--all-classes",
         help="Every held-out class in each episode (text data): --shots support texts per class from the train split, "
         "the whole test split as queries; --episodes draws.",
     ),
-    by_domain: bool = typer.Option(False, "--by-domain", help="--protocol domains: each episode is every intent of one test domain (15-way)."),
-    split: str = typer.Option("test", help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
+    by_domain: bool = typer.Option(DEFAULT.by_domain, "--by-domain", help="--protocol domains: each episode is every intent of one test domain (15-way)."),
+    split: str = typer.Option(DEFAULT.split, help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
     inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
-    device: str = typer.Option("cpu", help="cpu | cuda."),
+    device: str = typer.Option(DEFAULT.device, help="cpu | cuda."),
     json_file: Path = typer.Option(None, "--json", help="Write the results as JSON to this file. [default: none]"),
     plot: Path = typer.Option(None, "--plot", help="Write the adaptation curves as a PNG (needs the plot extra). [default: none]"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing --json/--plot files."),

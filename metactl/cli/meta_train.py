@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from metactl.cli.common import command_line, console, handle_errors
+
+if TYPE_CHECKING:
+    from metactl.library import TrainResult
+
+COMMAND_OPTIONS = ("config", "out", "resume", "force", "json_out", "nproc", "log_to")  # meta_train's parameters that are not settings
 
 
 @handle_errors
@@ -24,7 +30,9 @@ def meta_train(
         help="omniglot:DIR: lake | vinyals; intents:DIR: domains (CLINC150 by domain) | unseen-clinc150 | unseen-banking77 | unseen-hwu64. [default: lake]",
     ),
     backbone: str = typer.Option(
-        None, help="Pretrained body: a local Hugging Face folder (text) or a metactl run dir (images). [default: none, the model starts from scratch]"
+        None,
+        help="Pretrained body: a local Hugging Face folder or a hub id org/name[@revision] from the Hugging Face cache (text; downloaded "
+        "only when missing, online and HF_HUB_OFFLINE unset), or a metactl run dir (images). [default: none, the model starts from scratch]",
     ),
     adapt: str = typer.Option(None, help="What the inner loop adapts: head | lora | all. [default: head with --backbone, all without]"),
     lora_rank: int = typer.Option(None, help="Rank of the LoRA adapters (--adapt lora). [default: 8]"),
@@ -80,36 +88,40 @@ def meta_train(
     ),
 ) -> None:
     """Meta-train an initialization θ and per-layer inner learning rates α."""
+    settings = {name: value for name, value in locals().items() if name not in COMMAND_OPTIONS}  # every other parameter is a setting
+    _run(settings, config, out, resume, force, json_out, nproc, log_to or [])
+
+
+def _run(
+    settings: dict[str, Any], config: Path | None, out: Path | None, resume: bool, force: bool, json_out: bool, nproc: int | None, log_to: list[str]
+) -> None:
+    """Meta-train with the flags' settings (:func:`metactl.library.meta_train`) and print the result."""
     from metactl.library import meta_train as run_meta_train
 
-    flags = dict(
-        algo=algo, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, inner_steps=inner_steps,
-        test_inner_steps=test_inner_steps, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, meta_batch=meta_batch,
-        meta_lr=meta_lr, steps=steps, seed=seed, device=device, time_budget=time_budget, eval_every=eval_every,
-        eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, max_bad_steps=max_bad_steps, rotations=rotations,
-        width=width, image_size=image_size, threads=threads, task_threads=task_threads,
-        precision=precision, checkpoint_inner=checkpoint_inner, backbone=backbone, adapt=adapt, lora_rank=lora_rank,
-        train_body=train_body, body_lr=body_lr, max_length=max_length,
-    )  # fmt: skip
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     result = run_meta_train(
-        config, out=out, resume=resume, force=force, log_to=log_to or [], nproc=nproc, quiet=json_out or quiet, command=command_line(), **flags
+        config, out=out, resume=resume, force=force, log_to=log_to, nproc=nproc, quiet=json_out or quiet, command=command_line(), **settings
     )
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # the workers reported; rank 0 printed the summary
         if not json_out:
             console.print(f"{nproc} workers finished. Run written to [bold]{escape(str(result.path))}[/]")
         return
-    metric_name = "mse" if result.config.get("data") == "sinusoid" else "acc"
     if quiet:
         return
-    summary = {
-        "run_dir": str(result.path), "steps": result.steps, "seconds": round(result.seconds, 1),
-        "stopped_by": result.stopped_by, "skipped_steps": result.skipped_steps,
-        "validation": result.validation, "validation_at_start": result.validation_at_start, "inner_lr": result.inner_lr,
-    }  # fmt: skip
     if json_out:
+        summary = {
+            "run_dir": str(result.path), "steps": result.steps, "seconds": round(result.seconds, 1),
+            "stopped_by": result.stopped_by, "skipped_steps": result.skipped_steps,
+            "validation": result.validation, "validation_at_start": result.validation_at_start, "inner_lr": result.inner_lr,
+        }  # fmt: skip
         typer.echo(json.dumps(summary, indent=2))
         return
+    _print_summary(result)
+
+
+def _print_summary(result: TrainResult) -> None:
+    """The validation curve before and after training as a table, then where the run went."""
+    metric_name = "mse" if result.config.get("data") == "sinusoid" else "acc"
     table = Table(title=f"Validation {metric_name} after k inner steps ({result.config.get('eval_episodes')} episodes, held-out classes)")
     table.add_column("inner step", justify="right")
     if result.validation_at_start:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from metactl import contract
 from metactl.config import TrainConfig
 from metactl.data.episodes import Sampler, split_classes
 from metactl.data.sources import RotatedPool, TaskData, TaskSource
@@ -102,7 +103,7 @@ def _own_or_given(meta: dict[str, Any], data: str | None, protocol: str | None, 
         own = meta.get("data", {})
         src = source(own.get("kind", "glyphs"))
         arg = own.get("path") if src.takes_argument else None
-    if not hasattr(src, flag.removeprefix("--").replace("-", "_")):
+    if contract.hook(src, flag.removeprefix("--").replace("-", "_")) is None:
         raise MetactlError(f"{flag} is for text data (intents:DIR, text:PATH); this data is {data or meta.get('data', {}).get('kind')}.", f"Drop {flag}.")
     return src, arg
 

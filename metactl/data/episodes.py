@@ -9,22 +9,57 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from metactl.contract import Sampler
 from metactl.data import sinusoid
 from metactl.errors import MetactlError
 
+Examples = Any  # what a pool gives for a list of examples: an array (images) or a dict of arrays (token ids and mask, features)
+Picks = Sequence[tuple[int, np.ndarray]]  # (class, indices of its examples), in order
+
 
 class ClassPool(Protocol):
+    """Labeled examples by class, as :class:`ClassificationEpisodes` samples them (images or texts alike)."""
+
+    unit: str  # what an example is called in messages: images, texts
+
     @property
     def num_classes(self) -> int: ...
     def count(self, c: int) -> int: ...
-    def get(self, c: int) -> np.ndarray: ...
+    def take(self, picks: Picks) -> Examples:
+        """The examples ``picks`` in order, stacked on axis 0."""
+        ...
+
+    def precompute(self, fn: Callable[[Examples], Any], batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> None:
+        """From now on :meth:`take` gives ``{"features": fn(examples)}``, computed once per example (a frozen body)."""
+        ...
+
     def names(self) -> list[str]: ...
+
+
+class ImagePool(ABC):
+    """Base of the image pools: a subclass gives :meth:`get` (with ``num_classes``, ``count`` and
+    ``names``); :meth:`take` gathers from it."""
+
+    unit: ClassVar[str] = "images"
+
+    @abstractmethod
+    def get(self, c: int) -> np.ndarray:
+        """Every image of class ``c``: uint8 (n, H, W) (grayscale) or (n, C, H, W)."""
+
+    def take(self, picks: Picks) -> np.ndarray:
+        """The images ``picks`` in order: uint8 (M, H, W) or (M, C, H, W)."""
+        return np.concatenate([self.get(c)[idx] for c, idx in picks]).astype(np.uint8, copy=False)
+
+    def precompute(self, fn: Callable[[Examples], Any], batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> None:
+        """Nothing: images stay images (an image model's body runs on each episode's images; ``fn`` is unused)."""
+        del fn, batch_size, progress
 
 
 @dataclass(frozen=True)
@@ -87,37 +122,53 @@ def split_classes(n: int, fraction: float, seed: int, ways: int) -> tuple[list[i
 
 
 class ClassificationEpisodes:
-    """Samples N-way K-shot episodes from a pool of classes."""
+    """N-way K-shot episodes from a pool of classes, images or texts alike. The draws: for each task its
+    ``ways`` classes (of those with at least K + Q examples, without replacement), then, task by task and
+    class by class, K + Q of the class's examples (without replacement): the first K support, the rest
+    queries. Class-major; labels 0..N-1. Images come as uint8 (B, M, C, H, W) (grayscale: C = 1), texts as
+    ``{"input_ids", "attention_mask"}`` (B, M, L) padded to the longest of the batch, or ``{"features":
+    (B, M, D)}`` after :meth:`precompute`."""
 
     def __init__(self, pool: ClassPool, ways: int, shots: int, queries: int, what: str = "training") -> None:
         need = shots + queries
         self.eligible = np.array([c for c in range(pool.num_classes) if pool.count(c) >= need], dtype=np.int64)
         if len(self.eligible) < ways:
             raise MetactlError(
-                f"The {what} data has {len(self.eligible)} classes with at least {need} images "
+                f"The {what} data has {len(self.eligible)} classes with at least {need} {pool.unit} "
                 f"(shots {shots} + query-shots {queries}); a {ways}-way episode needs {ways}.",
                 "Lower --ways, --shots or --query-shots, or use more data.",
             )
-        self.pool, self.ways, self.shots, self.queries = pool, ways, shots, queries
+        self.pool, self.ways, self.shots, self.queries, self.what = pool, ways, shots, queries, what
+
+    def precompute(self, fn: Callable[[Examples], Any], batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> None:
+        """From now on episodes hold ``{"features": fn(examples)}``, computed once per example (text pools)."""
+        self.pool.precompute(fn, batch_size, progress)
+
+    def classes(self, rng: np.random.Generator) -> np.ndarray:
+        """One episode's classes (pool indices): ``ways`` of the eligible ones, drawn without replacement."""
+        return rng.choice(self.eligible, size=self.ways, replace=False)
 
     def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
         n, k, q = self.ways, self.shots, self.queries
-        classes = np.stack([rng.choice(self.eligible, size=n, replace=False) for _ in range(tasks)])
-        first = self.pool.get(int(classes[0, 0]))
-        shape = first.shape[1:]  # (H, W) grayscale or (C, H, W) color
-        per = (1, *shape) if len(shape) == 2 else shape
-        sx = np.empty((tasks, n * k, *per), dtype=np.uint8)
-        qx = np.empty((tasks, n * q, *per), dtype=np.uint8)
-        sv, qv = (sx[:, :, 0], qx[:, :, 0]) if len(shape) == 2 else (sx, qx)  # views: grayscale fills channel 0
+        classes = np.stack([self.classes(rng) for _ in range(tasks)])
+        support: list[tuple[int, np.ndarray]] = []
+        query: list[tuple[int, np.ndarray]] = []
         for b in range(tasks):
-            for j, c in enumerate(classes[b]):
-                imgs = self.pool.get(int(c))
-                pick = rng.choice(len(imgs), size=k + q, replace=False)
-                sv[b, j * k : (j + 1) * k] = imgs[pick[:k]]
-                qv[b, j * q : (j + 1) * q] = imgs[pick[k:]]
+            for c in classes[b]:
+                pick = rng.choice(self.pool.count(int(c)), size=k + q, replace=False)
+                support.append((int(c), pick[:k]))
+                query.append((int(c), pick[k:]))
         sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
         qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
-        return EpisodeBatch(sx, sy, qx, qy, classes)
+        return EpisodeBatch(_by_task(self.pool.take(support), tasks, n * k), sy, _by_task(self.pool.take(query), tasks, n * q), qy, classes)
+
+
+def _by_task(x: Examples, tasks: int, m: int) -> Examples:
+    """(tasks * m, ...) examples as (tasks, m, ...); grayscale images (H, W) get their channel axis."""
+    if isinstance(x, dict):
+        return {key: v.reshape(tasks, m, *v.shape[1:]) for key, v in x.items()}
+    per = (1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:]
+    return x.reshape(tasks, m, *per)
 
 
 class SinusoidEpisodes:
@@ -126,10 +177,6 @@ class SinusoidEpisodes:
 
     def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
         return EpisodeBatch(*sinusoid.sample_tasks(rng, tasks, self.shots, self.queries))
-
-
-class Sampler(Protocol):
-    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch: ...
 
 
 def prefetch(make: Callable[[int], EpisodeBatch], steps: range, depth: int = 3) -> Iterator[EpisodeBatch]:

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from metactl.data.episodes import ImagePool
 from metactl.data.images import channels_of, decode, decode_bytes, decode_gray, has_color, is_image_name, preprocess
 from metactl.errors import MetactlError
 
 Progress = Callable[[int, int], None]
 
 
-class ArrayPool:
+class ArrayPool(ImagePool):
     """Classes held in memory: ``images[offsets[c]:offsets[c+1]]`` are class ``c``."""
 
     def __init__(self, images: np.ndarray, offsets: np.ndarray, names: list[str]) -> None:

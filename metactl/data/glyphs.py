@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from metactl.data.episodes import ImagePool
+
 TRAIN = (0, 4000)
 VAL = (4000, 4400)
 TEST = (4400, 5000)
@@ -120,7 +122,7 @@ def render_class(index: int, drawings: int = DRAWINGS) -> np.ndarray:
     return np.round(ink.reshape(drawings, SIZE, SIZE) * 255).astype(np.uint8)
 
 
-class GlyphPool:
+class GlyphPool(ImagePool):
     """A range of glyph classes, generated on first use and then cached."""
 
     def __init__(self, start: int, stop: int) -> None:

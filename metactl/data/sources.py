@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
+from metactl.contract import TaskSource
 from metactl.data import glyphs, omniglot
-from metactl.data.episodes import ClassificationEpisodes, ClassPool, Sampler, SinusoidEpisodes, split_classes
+from metactl.data.episodes import ClassificationEpisodes, ClassPool, ImagePool, Sampler, SinusoidEpisodes, split_classes
 from metactl.data.folder import ArrayPool, detect_color, detect_invert, load_folder
 from metactl.data.images import COLOR_SIZE, channels_of, color_preprocessing, default_preprocessing
 from metactl.errors import MetactlError
@@ -36,25 +37,10 @@ class TaskData:
     split: dict[str, Any] = field(default_factory=dict)
 
 
-class TaskSource(Protocol):
-    """A ``--data`` kind. ``arg`` is what follows ``KIND:`` (None when the spec is the bare name)."""
-
-    name: ClassVar[str]
-    takes_argument: ClassVar[bool]  # False: the bare name (``glyphs``); True: ``KIND:ARG``
-
-    def open(self, cfg: Any, arg: str | None, progress: Progress | None) -> TaskData:
-        """Training and validation samplers for meta-training with ``cfg`` (a TrainConfig)."""
-        ...
-
-    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> Sampler:
-        """Evaluation episodes for the run described by ``meta``, from classes it never trained on."""
-        ...
-
-
-class RotatedPool:
+class RotatedPool(ImagePool):
     """Each base class c gives classes 4c..4c+3: the drawings rotated by 0/90/180/270 degrees."""
 
-    def __init__(self, base: ClassPool) -> None:
+    def __init__(self, base: ImagePool) -> None:
         self.base = base
 
     @property
@@ -86,7 +72,7 @@ def folder_preprocessing(path: Path, image_size: int = 0) -> dict[str, Any]:
     return default_preprocessing(image_size or 28, invert=detect_invert(path))
 
 
-def _rotated(pool: ClassPool, rotations: bool) -> ClassPool:
+def _rotated(pool: ImagePool, rotations: bool) -> ImagePool:
     return RotatedPool(pool) if rotations else pool
 
 

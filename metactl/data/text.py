@@ -3,7 +3,7 @@
 Both tokenize with the backbone's ``tokenizer.json`` (``--backbone DIR``), once per text at ``open()``,
 truncated at ``--max-length`` tokens (recorded in the preprocessing and the data spec). Episodes hold
 ``{"input_ids", "attention_mask"}`` int64 arrays ``(B, M, L)`` padded with 0 to the longest text of the
-batch (never to a fixed length); after :meth:`TextEpisodes.precompute` they hold ``{"features": (B, M, D)}``.
+batch (never to a fixed length); after :meth:`ClassificationEpisodes.precompute` they hold ``{"features": (B, M, D)}``.
 
 ``intents:DIR``: ``DIR`` is the intents root (``clinc150/``, ``banking77/``, ``hwu64/`` beside each other)
 or one dataset's folder. Only in-scope intents are used (CLINC150's ``oos`` is excluded). Protocols
@@ -35,15 +35,13 @@ uses the validation intents' ``test``-split texts. ``metactl evaluate --data int
 protocol takes every intent of ``DIR`` from the ``test`` splits.
 
 ``text:PATH`` (or a bare ``PATH`` ending in ``.csv``, ``.tsv`` or ``.jsonl``): a CSV/TSV with ``text`` and
-``label`` columns, JSON lines with ``text`` and ``label`` keys, or a folder of ``<label>/*.txt`` (one text
-per file) or ``<label>.txt`` (one text per non-empty line). Labels split into train/validation by
-``--val-classes`` (seeded), as for image folders.
+``label`` columns, JSON lines with ``text`` and ``label`` keys, or a folder of ``<label>/**/*.txt`` (one text
+per file) or ``<label>.txt`` (one text per non-empty line), read by :mod:`metactl.data.text_files` (adapt's
+reader too). Labels split into train/validation by ``--val-classes`` (seeded), as for image folders.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,9 +50,12 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from metactl.backbones import backbone_pooling, run_model_spec, weights_sha256
-from metactl.data.episodes import EpisodeBatch, split_classes
+from metactl.backbones import Backbone, backbone_pooling, resolve_backbone, text_classifier_spec
+from metactl.data.episodes import ClassificationEpisodes, EpisodeBatch, split_classes
 from metactl.data.sources import TaskData
+from metactl.data.text_files import FORMATS_HINT, read_labeled_text_files, read_lines, read_table
+from metactl.data.tokens import encode_rows as _encode
+from metactl.data.tokens import load_tokenizer, pad, tokenize
 from metactl.errors import MetactlError
 
 Progress = Callable[[int, int], None]
@@ -67,23 +68,22 @@ TRAIN_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_
 VAL_DOMAINS = ("work",)
 TEST_DOMAINS = ("travel", "utility")
 
-FORMATS_HINT = "Pass a .csv, .tsv or .jsonl with text and label, or a folder of <label>/*.txt or <label>.txt (UTF-8)."
-
 
 # --- reading ------------------------------------------------------------------------------------
 
 
 def _read_text(path: Path) -> str:
-    """The file as UTF-8 (a BOM is dropped); anything else is one error naming the file and line."""
+    """A whole benchmark file (CLINC150's JSON) as UTF-8 (a BOM is dropped); anything else is one error naming the file and line."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise MetactlError(f"{path}: line {line} is not UTF-8.", "Save the file as UTF-8.") from None
+        raise MetactlError(f"{path}:{line}: not UTF-8.", "Save the file as UTF-8.") from None
 
 
 def _add(texts: Texts, label: Any, text: Any, where: str) -> None:
+    """One benchmark text (stripped; an empty one is left out) under its label (stripped, not empty)."""
     label, text = str(label).strip(), str(text).strip()
     if not label:
         raise MetactlError(f"{where}: empty label.", "Give every text a label.")
@@ -91,75 +91,12 @@ def _add(texts: Texts, label: Any, text: Any, where: str) -> None:
         texts.setdefault(label, []).append(text)
 
 
-def _read_csv(path: Path, label_column: str = "label", delimiter: str = ",") -> Texts:
-    """Rows of a CSV/TSV with a header naming ``text`` and ``label_column`` (a real CSV parser: quoted
-    fields may hold newlines and delimiters)."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    texts: Texts = {}
-    try:
-        fields = reader.fieldnames or []
-        if "text" not in fields or label_column not in fields:
-            found = ", ".join(repr(f) for f in fields) or "none"
-            raise MetactlError(
-                f"{path}: no 'text' and '{label_column}' columns (found {found}).", f"The first line must name the columns, e.g. text{delimiter}{label_column}."
-            )
-        for row in reader:
-            if row.get("text") is None or row.get(label_column) is None:
-                raise MetactlError(f"{path}: line {reader.line_num} has fewer fields than the header.", "Quote fields that hold the delimiter.")
-            _add(texts, row[label_column], row["text"], f"{path}: line {reader.line_num}")
-    except csv.Error as exc:
-        line = reader.reader.line_num  # DictReader's own line_num lags on an error
-        raise MetactlError(f"{path}: line {line}: {exc}.", "Fix the CSV quoting (or split the over-long field).") from None
-    return texts
-
-
-def _read_jsonl(path: Path) -> Texts:
-    texts: Texts = {}
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MetactlError(f"{path}: line {n} is not JSON ({exc.msg}).", "Write one JSON object per line.") from None
-        if not isinstance(row, dict) or "text" not in row or "label" not in row:
-            raise MetactlError(f"{path}: line {n} has no 'text' and 'label' keys.", 'Write lines like {"text": "...", "label": "..."}.')
-        _add(texts, row["label"], row["text"], f"{path}: line {n}")
-    return texts
-
-
-def _read_text_folder(path: Path) -> Texts:
-    """``<label>/*.txt`` (one text per file) and ``<label>.txt`` (one text per non-empty line)."""
-    texts: Texts = {}
-    for entry in sorted(path.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            for f in sorted(entry.rglob("*.txt")):
-                _add(texts, entry.name, _read_text(f), str(f))
-        elif entry.suffix.lower() == ".txt":
-            for n, line in enumerate(_read_text(entry).splitlines(), start=1):
-                if line.strip():
-                    _add(texts, entry.stem, line, f"{entry}: line {n}")
-    return texts
-
-
 def read_labeled_texts(path: Path, spec: str) -> Texts:
-    """A user's labeled texts: ``.csv``/``.tsv`` (``text``, ``label`` columns), ``.jsonl`` or a folder."""
+    """A user's labeled texts (``--data text:PATH``), label -> texts with labels sorted by code point,
+    read by :func:`metactl.data.text_files.read_labeled_text_files` (adapt's reader too)."""
     if not path.exists():
         raise MetactlError(f"--data {spec}: no such file or folder.", FORMATS_HINT)
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        texts = _read_text_folder(path)
-    elif suffix in (".csv", ".tsv"):
-        texts = _read_csv(path, "label", "\t" if suffix == ".tsv" else ",")
-    elif suffix == ".jsonl":
-        texts = _read_jsonl(path)
-    else:
-        raise MetactlError(f"--data {spec}: not a .csv, .tsv or .jsonl file.", FORMATS_HINT)
-    if not texts:
-        raise MetactlError(f"--data {spec}: no labeled texts found.", "Text files are UTF-8: <label>/*.txt, <label>.txt (one text a line), or text,label rows.")
-    return {k: texts[k] for k in sorted(texts)}
+    return read_labeled_text_files(path, "--data").texts()
 
 
 # --- the intent benchmarks ----------------------------------------------------------------------
@@ -224,7 +161,11 @@ def clinc150_domains(folder: Path) -> dict[str, list[str]]:
 
 def load_banking77(folder: Path) -> dict[str, Texts]:
     """BANKING77: ``train``/``test`` -> intent -> texts (``text``, ``category`` columns; texts stripped)."""
-    return {split: _read_csv(folder / f"{split}.csv", "category") for split in ("train", "test")}
+    out: dict[str, Texts] = {}
+    for split in ("train", "test"):
+        found = read_table(folder / f"{split}.csv", "--data", "category")  # the reader of text:FILE.csv
+        out[split] = {intent: [text for text, _ in rows] for intent, rows in found.items()}
+    return out
 
 
 def load_hwu64(folder: Path) -> dict[str, Texts]:
@@ -234,7 +175,7 @@ def load_hwu64(folder: Path) -> dict[str, Texts]:
         seq, lab = folder / "split" / name / "seq.in", folder / "split" / name / "label"
         if not seq.is_file():
             continue
-        lines, labels = _read_text(seq).splitlines(), _read_text(lab).splitlines()
+        lines, labels = [line for _, line in read_lines(seq, "--data")], [line for _, line in read_lines(lab, "--data")]
         if len(lines) != len(labels):
             raise MetactlError(f"{seq}: {len(lines)} lines but {lab} has {len(labels)}.", "Restore the files from the dataset's source.")
         texts: Texts = {}
@@ -323,76 +264,25 @@ def evaluation_texts(found: dict[str, Path], protocol: str | None, split: str = 
 # --- backbone and tokenizer ---------------------------------------------------------------------
 
 
-def _backbone_dir(backbone: str | None, spec: str) -> Path:
+def _backbone(backbone: str | None, spec: str) -> Backbone:
+    """``--backbone`` through the one resolver (a folder, a run dir or a Hugging Face hub id)."""
     if backbone is None:
         raise MetactlError(
             f"--data {spec} needs --backbone DIR (the pretrained encoder whose tokenizer reads the texts).",
-            "Pass a Hugging Face folder with tokenizer.json, e.g. --backbone ../shared/models/all-MiniLM-L6-v2.",
+            "Pass a Hugging Face folder with tokenizer.json or a hub id, e.g. --backbone sentence-transformers/all-MiniLM-L6-v2.",
         )
-    path = Path(backbone).expanduser()
-    if not path.is_dir():
-        raise MetactlError(f"--backbone {backbone}: no such folder.", "Pass a local Hugging Face folder (config.json, model.safetensors, tokenizer.json).")
-    return path.resolve()
+    return resolve_backbone(backbone)
 
 
 def tokenizer_file(backbone: str | None, spec: str) -> Path:
-    """``tokenizer.json`` of ``--backbone DIR`` (a metactl run dir: that of the backbone it records)."""
-    folder = _backbone_dir(backbone, spec)
-    if (folder / "tokenizer.json").is_file():
-        return folder / "tokenizer.json"
-    recorded = run_model_spec(folder).get("backbone")
-    if recorded and (Path(recorded) / "tokenizer.json").is_file():
-        return Path(recorded).resolve() / "tokenizer.json"
-    raise MetactlError(
-        f"--backbone {backbone}: no tokenizer.json in that folder.",
-        "Use a Hugging Face folder with a fast tokenizer (tokenizer.json); metactl does not build one from vocab.txt.",
-    )
-
-
-def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """``tokenizer.json`` without its fixed padding, truncating at ``max_length`` tokens."""
-    if not path.is_file():
-        raise MetactlError(f"Tokenizer {path} not found.", "The run records its backbone's tokenizer.json by path: restore that folder.")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust side raises plain Exceptions
-        raise MetactlError(f"{path}: not a tokenizers file ({exc}).", "Use the tokenizer.json of a Hugging Face fast tokenizer.") from None
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
-
-
-def pad(rows: list[np.ndarray]) -> Arrays:
-    """Token id rows -> ``input_ids``/``attention_mask`` int64 (n, L), padded with 0 to the longest row."""
-    width = max((len(r) for r in rows), default=0)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def _encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int]:
-    """Token id rows (at most ``max_length`` each) and how many texts were truncated."""
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
-    enc = tokenizer.encode_batch(texts)
-    return [np.asarray(e.ids, dtype=np.int64) for e in enc], sum(1 for e in enc if e.overflowing)
-
-
-def tokenize(tokenizer: Tokenizer, texts: Iterable[str], max_length: int) -> Arrays:
-    """``texts`` -> ``{"input_ids", "attention_mask"}`` int64 (n, L): truncated at ``max_length`` tokens,
-    padded with 0 to the longest text of this batch."""
-    return pad(_encode(tokenizer, list(texts), max_length)[0])
-
-
-def backbone_weights(folder: Path) -> Path:
-    """The weights file a backbone folder is identified by (``model.safetensors``; a run: ``theta.safetensors``)."""
-    for name in ("model.safetensors", "theta.safetensors"):
-        if (folder / name).is_file():
-            return folder / name
-    raise MetactlError(f"--backbone {folder}: no model.safetensors in that folder.", "Use a Hugging Face folder saved with safetensors weights (never pickle).")
+    """``tokenizer.json`` of ``--backbone`` (a metactl run dir: that of the backbone it records)."""
+    found = _backbone(backbone, spec)
+    if found.tokenizer is None:
+        raise MetactlError(
+            f"--backbone {backbone}: no tokenizer.json in {found.folder}.",
+            "Use a Hugging Face folder with a fast tokenizer (tokenizer.json); metactl does not build one from vocab.txt.",
+        )
+    return found.tokenizer
 
 
 def text_preprocessing(tokenizer: Path, max_length: int) -> dict[str, Any]:
@@ -401,19 +291,10 @@ def text_preprocessing(tokenizer: Path, max_length: int) -> dict[str, Any]:
 
 
 def text_model_spec(cfg: Any) -> dict[str, Any]:
-    """The ``text-classifier`` spec for ``cfg`` (a TrainConfig with ``backbone`` set)."""
-    folder = _backbone_dir(cfg.backbone, cfg.data)
-    return {
-        "kind": "text-classifier",
-        "backbone": str(folder),
-        "backbone_sha256": weights_sha256(backbone_weights(folder)),
-        "num_classes": cfg.ways,
-        "adapt": cfg.adapt,
-        "lora_rank": cfg.lora_rank,
-        "train_body": cfg.train_body,
-        **backbone_pooling(folder),
-        "max_length": cfg.max_length,
-    }
+    """The ``text-classifier`` spec for ``cfg`` (a TrainConfig with ``backbone`` set): see
+    :func:`metactl.backbones.text_classifier_spec` (``backbone_source`` too when it names a hub id)."""
+    found = _backbone(cfg.backbone, cfg.data)
+    return text_classifier_spec(found, cfg.ways, cfg.adapt, cfg.lora_rank, cfg.train_body, cfg.max_length)
 
 
 # --- pools and episodes -------------------------------------------------------------------------
@@ -421,7 +302,10 @@ def text_model_spec(cfg: Any) -> dict[str, Any]:
 
 class TextPool:
     """Labeled texts, tokenized once: per class a list of token id rows (and, after :meth:`precompute`,
-    a float32 feature row per text, which :meth:`take` then gives instead of the tokens)."""
+    a float32 feature row per text, which :meth:`take` then gives instead of the tokens). A
+    :class:`~metactl.data.episodes.ClassPool`: :class:`ClassificationEpisodes` samples it as it samples images."""
+
+    unit: ClassVar[str] = "texts"
 
     def __init__(self, labels: list[str], rows: list[list[np.ndarray]], truncated: int = 0) -> None:
         self.labels, self.rows, self.truncated = labels, rows, truncated
@@ -487,54 +371,10 @@ class TextPool:
         self.features = [f if f is not None else np.empty((0, 0), dtype=np.float32) for f in feats]
 
 
-class TextEpisodes:
-    """N-way K-shot episodes of texts, sampled exactly as :class:`ClassificationEpisodes` samples
-    images (same random draws: classes, then K + Q texts per class; class-major; labels 0..N-1).
-    x is ``{"input_ids", "attention_mask"}`` (B, M, L), padded per batch (support and query each to
-    their longest), or ``{"features": (B, M, D)}`` after :meth:`precompute`."""
-
-    def __init__(self, pool: TextPool, ways: int, shots: int, queries: int, what: str = "training") -> None:
-        need = shots + queries
-        self.eligible = np.array([c for c in range(pool.num_classes) if pool.count(c) >= need], dtype=np.int64)
-        if len(self.eligible) < ways:
-            raise MetactlError(
-                f"The {what} data has {len(self.eligible)} classes with at least {need} texts "
-                f"(shots {shots} + query-shots {queries}); a {ways}-way episode needs {ways}.",
-                "Lower --ways, --shots or --query-shots, or use more data.",
-            )
-        self.pool, self.ways, self.shots, self.queries, self.what = pool, ways, shots, queries, what
-
-    def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
-        """From now on episodes hold ``{"features": fn(tokens)}``, computed once per text."""
-        self.pool.precompute(fn, batch_size, progress)
-
-    def classes(self, rng: np.random.Generator) -> np.ndarray:
-        """One episode's classes (pool indices): ``ways`` of the eligible ones, drawn without replacement."""
-        return rng.choice(self.eligible, size=self.ways, replace=False)
-
-    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
-        n, k, q = self.ways, self.shots, self.queries
-        classes = np.stack([self.classes(rng) for _ in range(tasks)])
-        support: list[tuple[int, np.ndarray]] = []
-        query: list[tuple[int, np.ndarray]] = []
-        for b in range(tasks):
-            for c in classes[b]:
-                pick = rng.choice(self.pool.count(int(c)), size=k + q, replace=False)
-                support.append((int(c), pick[:k]))
-                query.append((int(c), pick[k:]))
-
-        def shaped(a: Arrays, m: int) -> Arrays:
-            return {key: v.reshape(tasks, m, *v.shape[1:]) for key, v in a.items()}
-
-        sy = np.broadcast_to(np.repeat(np.arange(n), k), (tasks, n * k)).astype(np.int64)
-        qy = np.broadcast_to(np.repeat(np.arange(n), q), (tasks, n * q)).astype(np.int64)
-        return EpisodeBatch(shaped(self.pool.take(support), n * k), sy, shaped(self.pool.take(query), n * q), qy, classes)
-
-
-class DomainEpisodes(TextEpisodes):
+class DomainEpisodes(ClassificationEpisodes):
     """Whole-domain episodes (``metactl evaluate --by-domain``): each episode's classes are every intent
     of one domain (``groups``: pool indices per domain, all of one size), the domain drawn at random
-    per episode; then K + Q texts per intent as :class:`TextEpisodes` draws them."""
+    per episode; then K + Q texts per intent as :class:`ClassificationEpisodes` draws them."""
 
     def __init__(self, pool: TextPool, groups: dict[str, list[int]], shots: int, queries: int, what: str = "evaluation") -> None:
         sizes = {len(g) for g in groups.values()}
@@ -698,8 +538,8 @@ class Intents:
                 "max_length": cfg.max_length,
                 "truncated": {"train": train.truncated, "val": val.truncated},
             },
-            train=TextEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
-            val=TextEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            train=ClassificationEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
+            val=ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
             model_spec=text_model_spec(cfg),
             preprocessing=text_preprocessing(tok_file, cfg.max_length),
             split={
@@ -710,7 +550,7 @@ class Intents:
             },
         )
 
-    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> TextEpisodes:
+    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> ClassificationEpisodes:
         """The protocol's test intents (``protocol``, else the run's own when ``arg`` is its data);
         no protocol: every intent of ``arg`` (the run's own data: its validation intents), ``test`` splits."""
         spec = f"intents:{arg}"
@@ -728,7 +568,7 @@ class Intents:
             keep = set(meta["split"]["val"])
             test = {k: v for k, v in test.items() if k in keep}
         pool = TextPool.from_texts(test, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
-        return TextEpisodes(pool, ways, shots, queries, f"{proto or 'intents'} test")
+        return ClassificationEpisodes(pool, ways, shots, queries, f"{proto or 'intents'} test")
 
     def _protocol_of(self, meta: dict[str, Any], arg: str | None, protocol: str | None) -> tuple[dict[str, Path], str | None, bool]:
         """The datasets under ``arg``, the protocol to use (as :meth:`held_out` chooses it) and whether
@@ -806,14 +646,14 @@ class LabeledText:
                 "max_length": cfg.max_length,
                 "truncated": pool.truncated,
             },
-            train=TextEpisodes(pool.subset(train_ids), cfg.ways, cfg.shots, cfg.query_shots),
-            val=TextEpisodes(pool.subset(val_ids), cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            train=ClassificationEpisodes(pool.subset(train_ids), cfg.ways, cfg.shots, cfg.query_shots),
+            val=ClassificationEpisodes(pool.subset(val_ids), cfg.ways, cfg.shots, cfg.query_shots, "validation"),
             model_spec=text_model_spec(cfg),
             preprocessing=text_preprocessing(tok_file, cfg.max_length),
             split={"train": [labels[i] for i in train_ids], "val": [labels[i] for i in val_ids]},
         )
 
-    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> TextEpisodes:
+    def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> ClassificationEpisodes:
         """Every label of ``arg``; the run's own data: its validation labels."""
         spec = f"text:{arg}"
         prep = _text_run(meta, spec)
@@ -823,7 +663,7 @@ class LabeledText:
             keep = set(meta["split"]["val"])
             texts = {k: v for k, v in texts.items() if k in keep}
         pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
-        return TextEpisodes(pool, ways, shots, queries, "evaluation")
+        return ClassificationEpisodes(pool, ways, shots, queries, "evaluation")
 
     def all_classes(self, meta: dict[str, Any], arg: str | None, shots: int, protocol: str | None, split: str = "test") -> AllClassesEpisodes:
         """Every label :meth:`held_out` would sample (``split="val"``: the run's validation labels); the
@@ -848,7 +688,6 @@ __all__ = [
     "DomainEpisodes",
     "Intents",
     "LabeledText",
-    "TextEpisodes",
     "TextPool",
     "backbone_pooling",
     "evaluation_texts",

@@ -15,7 +15,6 @@ Deliberate differences from the paper's code, none changing the function class:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from metactl.api import Params
+from metactl.backbones import weights_sha256
 from metactl.errors import MetactlError
 from metactl.models import ModelBase
 
@@ -178,10 +178,9 @@ class Conv4(ModelBase):
         path = Path(source["run"]) / "theta.safetensors"
         if not path.is_file():
             raise MetactlError(f"The pretrained body {path.parent} is missing (this run was trained on top of it).", "Put that run back at its path.")
-        data = path.read_bytes()
-        if source.get("theta_sha256") and hashlib.sha256(data).hexdigest() != source["theta_sha256"]:
+        if source.get("theta_sha256") and weights_sha256(path) != source["theta_sha256"]:  # hashed once per process (resolve_backbone's)
             raise MetactlError(f"{path} changed since this run was trained on top of it.", "Use the exact run the body came from.")
-        theta = load_safetensors(data)  # safetensors: never a pickle
+        theta = load_safetensors(path.read_bytes())  # safetensors: never a pickle
         body = {k: v for k, v in theta.items() if not k.startswith(("head.", "inner_lr."))}
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("head.") and k in dict(self.named_parameters())}
         if set(body) != set(own) or any(body[k].shape != own[k].shape for k in own):

@@ -13,8 +13,9 @@ What the inner loop adapts, and so what θ holds, is ``adapt``:
 
 The body is frozen (``Learner.frozen``: in every forward pass, never in θ, α, the optimizer or the run
 dir) unless ``train_body``, which lets the outer loop update it (inner learning rate fixed at 0). The run
-records the backbone's path and the sha256 of its weights; building the model from a spec whose file
-changed is refused. Dropout is off: the inner loop is a deterministic function of θ.
+records the backbone's path and the sha256 of its weights (and, for a Hugging Face hub id, where it came
+from); :func:`metactl.backbones.recorded_backbone` finds and checks it, and a changed file is refused.
+Dropout is off: the inner loop is a deterministic function of θ.
 
 Second-order gradients need the eager attention implementation (PyTorch's fused CPU attention has no
 double backward), which is what this module loads.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -39,7 +39,7 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 from metactl.api import Params
-from metactl.backbones import backbone_pooling, weights_sha256
+from metactl.backbones import Backbone, recorded_backbone, resolve_backbone, text_classifier_spec
 from metactl.errors import MetactlError
 from metactl.models import ModelBase
 
@@ -50,54 +50,39 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\..*\.(query|key|value|dense)$"  # every a
 ADAPT_MODES = ("head", "lora", "all")
 
 
-def backbone_sha256(folder: Path) -> str:
-    """sha256 of the folder's weights file (once per file and process)."""
-    return weights_sha256(folder / WEIGHTS)
-
-
-def is_backbone_folder(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / WEIGHTS).is_file()
-
-
-def describe_backbone(folder: Path) -> dict[str, Any]:
-    """What the folder says about how to use it: pooling (``1_Pooling/config.json``; mean if absent),
-    whether the sentence embedding is L2-normalised (a ``Normalize`` module in ``modules.json``), the
-    hidden size, and whether it has a ``tokenizer.json``."""
-    folder = Path(folder)
-    if not is_backbone_folder(folder):
+def _hidden_size(backbone: Backbone) -> int:
+    config = backbone.folder / "config.json"
+    if backbone.kind != "huggingface" or not config.is_file():
         raise MetactlError(
-            f"--backbone {folder}: not a pretrained model folder (config.json and {WEIGHTS} are needed).",
-            "Pass a local Hugging Face / sentence-transformers folder, e.g. one saved with save_pretrained().",
+            f"--backbone {backbone.spec}: not a pretrained model folder (config.json and {WEIGHTS} are needed).",
+            "Pass a local Hugging Face / sentence-transformers folder, e.g. one saved with save_pretrained(), or a hub id.",
         )
     try:
-        hidden = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+        return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MetactlError(f"--backbone {folder}: cannot read its configuration ({exc}).", "Use an intact pretrained folder.") from None
-    return {**backbone_pooling(folder), "hidden": hidden, "tokenizer": (folder / "tokenizer.json").is_file()}
+        raise MetactlError(f"--backbone {backbone.spec}: cannot read its configuration ({exc}).", "Use an intact pretrained folder.") from None
 
 
-def text_model_spec(backbone: Path, num_classes: int, adapt: str, lora_rank: int, train_body: bool, max_length: int) -> dict[str, Any]:
-    """The spec a text run records for ``backbone`` (its path and the sha256 of its weights)."""
-    info = describe_backbone(backbone)
+def describe_backbone(backbone: str | Path) -> dict[str, Any]:
+    """What a pretrained encoder (a folder or hub id, through :func:`resolve_backbone`) says about how to use
+    it: pooling (``1_Pooling/config.json``; mean if absent), whether the sentence embedding is L2-normalised
+    (a ``Normalize`` module in ``modules.json``), the hidden size, and whether it has a ``tokenizer.json``."""
+    found = resolve_backbone(backbone)
+    return {**found.pooling, "hidden": _hidden_size(found), "tokenizer": found.tokenizer is not None}
+
+
+def text_model_spec(backbone: str | Path, num_classes: int, adapt: str, lora_rank: int, train_body: bool, max_length: int) -> dict[str, Any]:
+    """The spec a text run records for ``backbone`` (:func:`metactl.backbones.text_classifier_spec`) and the
+    encoder's hidden size."""
     if adapt not in ADAPT_MODES:
         raise MetactlError(f"--adapt {adapt}: unknown.", f"Use one of: {', '.join(ADAPT_MODES)}.")
-    return {
-        "kind": "text-classifier",
-        "backbone": str(Path(backbone).resolve()),
-        "backbone_sha256": backbone_sha256(Path(backbone)),
-        "num_classes": int(num_classes),
-        "adapt": adapt,
-        "lora_rank": int(lora_rank),
-        "train_body": bool(train_body),
-        "pooling": info["pooling"],
-        "normalize": info["normalize"],
-        "hidden": info["hidden"],
-        "max_length": int(max_length),
-    }
+    found = resolve_backbone(backbone)
+    return {**text_classifier_spec(found, num_classes, adapt, lora_rank, train_body, max_length), "hidden": _hidden_size(found)}
 
 
 def _load_encoder(folder: Path) -> nn.Module:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a hub call: everything comes from the folder
+    """The encoder of a resolved backbone folder: local files only, never a hub call (a hub id was
+    resolved to its cached snapshot before)."""
     hf_logging.set_verbosity_error()  # the loader's per-weight report and progress bar are not the user's business
     hf_logging.disable_progress_bar()
     try:
@@ -129,31 +114,23 @@ class TextClassifier(ModelBase):
     def __init__(self, encoder: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__()
         self.spec = dict(spec)
+        self.folder = Path(spec["backbone"])  # where the body was found (from_spec: perhaps found again by its hub id)
         self.encoder = encoder
         self.head = nn.Linear(int(spec["hidden"]), int(spec["num_classes"]))
         self.encoder.eval()
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> TextClassifier:
-        folder = Path(spec["backbone"])
-        if not is_backbone_folder(folder):
-            raise MetactlError(
-                f"The pretrained body {folder} is missing (this run or model was trained on top of it).",
-                "Put the same pretrained folder back at that path.",
-            )
-        want = spec.get("backbone_sha256")
-        if want and backbone_sha256(folder) != want:
-            raise MetactlError(
-                f"{folder / WEIGHTS} is not the file this was trained on (sha256 {backbone_sha256(folder)[:12]}…, expected {want[:12]}…).",
-                "Use the exact pretrained weights the run was meta-trained with.",
-            )
-        encoder = _load_encoder(folder)
+        body = recorded_backbone(spec)  # the recorded folder (or its hub id's snapshot), sha256 checked: hashed once per process
+        encoder = _load_encoder(body.folder)
         spec = {**spec, "hidden": int(spec.get("hidden") or encoder.config.hidden_size)}
         if spec.get("adapt") == "lora":
             rank = int(spec.get("lora_rank", 8))
             lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none")
             encoder = get_peft_model(encoder, lora)
-        return cls(encoder, spec)
+        model = cls(encoder, spec)
+        model.folder = body.folder
+        return model
 
     def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
@@ -201,7 +178,7 @@ class TextClassifier(ModelBase):
 
     def export_assets(self, labels: list[str]) -> dict[str, bytes]:
         """``tokenizer.json`` and a ``config.json`` Hugging Face tooling reads (labels, architecture, pooling)."""
-        folder = Path(self.spec["backbone"])
+        folder = self.folder
         base = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         config = {
             **base,
@@ -254,4 +231,4 @@ class TextExport(nn.Module):
         return {"input_ids": np.asarray(examples["input_ids"], np.int64), "attention_mask": np.asarray(examples["attention_mask"], np.int64)}
 
 
-__all__ = ["ADAPT_MODES", "TextClassifier", "TextExport", "backbone_sha256", "describe_backbone", "pool", "text_model_spec"]
+__all__ = ["ADAPT_MODES", "TextClassifier", "TextExport", "describe_backbone", "pool", "text_model_spec"]
