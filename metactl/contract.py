@@ -32,6 +32,7 @@ Array = Any  # numpy.ndarray
 EpisodeBatch = Any  # metactl.data.episodes.EpisodeBatch
 TaskData = Any  # metactl.data.sources.TaskData
 LabeledExamples = Any  # metactl.data.examples.LabeledExamples
+ClassPool = Any  # metactl.data.episodes.ClassPool: labeled examples by class (num_classes, count, take)
 InnerLrShape = Literal["layer", "element", "step"]
 
 
@@ -80,6 +81,14 @@ class Algorithm(Protocol):
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """The inner loop, pure: the weights after each of 0..steps steps (detached); θ and α untouched."""
+        ...
+
+    # optional
+    def select_on_validation(self, learner: Learner, pool: ClassPool, shots: int, seed: int) -> dict[str, Any]:
+        """OPTIONAL. Called once after training (rank 0) with θ and the run's validation classes (``pool``,
+        never test classes), ``--shots`` and ``--seed``: choose a setting of ``config`` on them and set it
+        (``adapt``, ``evaluate`` and ``export`` then use the recorded config). Returns what to record as the
+        run's ``algorithm.selection`` ({}: nothing chosen)."""
         ...
 
 
@@ -348,6 +357,7 @@ POINTS: tuple[ExtensionPoint, ...] = (
 HELPERS: tuple[type, ...] = (ExportModule, Sampler, PredictInputs)  # protocols the points' members return
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
+    Algorithm: ("select_on_validation",),
     ExportModule: ("dynamic_axes",),
     Model: ("export_assets", "adapted_assets"),
     Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "draw", "episodes"),

@@ -485,8 +485,9 @@ def finish(s: Session) -> TrainResult:
         return TrainResult(Path(s.replaces or s.out), s.step, seconds, s.stopped_by, skipped_steps=s.skipped, config=cfg.to_dict())
     _save_checkpoint(s.out, s.learner, s.opt, s.step, seconds, s.bad)
     _save_theta(s.out, s.learner)
-    val_curve = s.val_curve() if s.data.val is not None else []
     meta = s.meta
+    select_on_validation(s)  # before the final validation, which then scores the chosen setting
+    val_curve = s.val_curve() if s.data.val is not None else []
     if val_curve:  # the step count that adapted best on validation classes: adapt's default
         after = [c["mean"] for c in val_curve[1:]]  # after 1..K steps
         best = max(after) if s.data.kind == "classification" else min(after)
@@ -521,6 +522,24 @@ def finish(s: Session) -> TrainResult:
         skipped_steps=s.skipped,
         config=cfg.to_dict(),
     )  # fmt: skip
+
+
+def select_on_validation(s: Session) -> None:
+    """The algorithm's choice of a setting on the run's validation classes (its optional hook
+    ``select_on_validation``; the test classes are never opened), recorded in the run's metadata:
+    the resolved config as ``algorithm.config``, the choice as ``algorithm.selection``."""
+    select = contract.hook(s.algo, "select_on_validation")
+    pool = contract.hook(s.data.val, "pool") if s.data.val is not None else None
+    if select is None or pool is None:
+        return
+    tv = time.perf_counter()
+    choice = select(s.learner, pool, s.cfg.shots, s.cfg.seed)
+    if choice:
+        algorithm = s.meta["algorithm"]
+        algorithm["config"] = dataclasses.asdict(s.algo.config) if dataclasses.is_dataclass(s.algo.config) else {}
+        algorithm["selection"] = {**choice, "seconds": round(time.perf_counter() - tv, 3)}
+        shown = ", ".join(f"{k}={v}" for k, v in choice.items() if not isinstance(v, dict))
+        s.report.message(f"Chosen on the validation classes: {shown}.")
 
 
 def close_loggers(s: Session, status: str) -> None:

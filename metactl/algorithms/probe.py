@@ -4,6 +4,15 @@ The standard frozen-encoder baseline: the head is fitted to the support examples
 by minimising (1/n) Σ cross-entropy + (λ/2)‖W‖² (the bias unregularised) with L-BFGS from a zero head,
 which for this convex objective reaches its unique optimum. ``c`` is scikit-learn's C, λ = 1/(C·n).
 
+C is the probe's one setting, and what suits unit-norm sentence features (C ≈ 10) is far from
+scikit-learn's default of 1. So by default (``c`` unset) the run chooses it: after training the trainer
+calls :meth:`LinearProbe.select_on_validation` with the run's validation classes (never its test
+classes), which fits the probe for each C of ``c_grid`` on ``--shots`` support examples of every
+validation class at once, scores it on those classes' other examples, averages over ``c_draws`` seeded
+draws and keeps the best C. The choice and the accuracy of every C are recorded in the run
+(``metactl.json``: ``algorithm.config.c`` and ``algorithm.selection``); ``adapt``, ``evaluate`` and
+``export`` of the run use that C. A ``c`` given in ``algo_options`` is used as is, with no search.
+
 Usage::
 
     metactl meta-train --algo probe --backbone DIR --adapt head --data intents:DIR --steps 1
@@ -11,25 +20,40 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from metactl.algorithms.centroid import fitted_head, fitted_head_metrics
-from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
+from metactl.data.episodes import EpisodeBatch
+from metactl.data.tensors import to_batch
+
+C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
+FALLBACK_C = 1.0  # scikit-learn's default: a run that could not choose (no validation classes), or a snapshot taken before the choice
+VALIDATION_STREAM = 3  # the random stream of the choice's draws (0: training, 1: evaluation episodes, 2: --all-classes draws)
+QUERY_CHUNK = 256  # validation queries whose features are computed at once
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    c: float = 1.0  # inverse regularisation strength (scikit-learn's C)
+    c: float | None = None  # inverse regularisation strength (scikit-learn's C); None: chosen on the validation classes from c_grid
+    c_grid: tuple[float, ...] = C_GRID  # the Cs tried when c is None
+    c_draws: int = 3  # seeded draws of the all-validation-classes task the choice averages over
     max_iter: int = 100  # L-BFGS iterations
 
     def __post_init__(self) -> None:
-        if self.c <= 0 or self.max_iter < 1:
-            raise ValueError("c must be > 0 and max_iter >= 1")
+        object.__setattr__(self, "c_grid", tuple(float(c) for c in self.c_grid))  # a TOML list, or metactl.json's
+        if (self.c is not None and self.c <= 0) or self.max_iter < 1 or self.c_draws < 1:
+            raise ValueError("c must be > 0, max_iter >= 1 and c_draws >= 1")
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ValueError("c_grid must hold at least one C, each > 0")
 
 
 def fit_logistic(feats: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int) -> tuple[Tensor, Tensor]:
@@ -51,11 +75,51 @@ def fit_logistic(feats: Tensor, y: Tensor, num_classes: int, c: float, max_iter:
     return w.detach(), b.detach()
 
 
+def validation_picks(counts: Sequence[int], shots: int, seed: int, d: int) -> list[np.ndarray]:
+    """Draw ``d`` of the choice: per class (``counts``: its examples), the sorted indices of its ``shots``
+    support examples; the class's other examples are its queries. A function of the seed and ``d`` only."""
+    rng = np.random.default_rng([seed, VALIDATION_STREAM, d])
+    return [np.sort(rng.choice(n, size=shots, replace=False)) for n in counts]
+
+
+def validation_draw(pool: Any, classes: Sequence[int], picks: Sequence[np.ndarray]) -> EpisodeBatch:
+    """The all-classes task of ``picks`` on ``pool`` (a class pool): labels 0..len(classes)-1 in the order of ``classes``."""
+    rest = [np.setdiff1d(np.arange(pool.count(c)), p) for c, p in zip(classes, picks, strict=True)]
+    sx, qx = pool.take(list(zip(classes, picks, strict=True))), pool.take(list(zip(classes, rest, strict=True)))
+    sy = np.concatenate([np.full(len(p), i) for i, p in enumerate(picks)]).astype(np.int64)
+    qy = np.concatenate([np.full(len(r), i) for i, r in enumerate(rest)]).astype(np.int64)
+    return EpisodeBatch(_one_task(sx), sy[None], _one_task(qx), qy[None])
+
+
+def _one_task(x: Any) -> Any:
+    """A pool's examples as a batch of one task (grayscale images (M, H, W) get their channel axis)."""
+    if isinstance(x, dict):
+        return {k: v[None] for k, v in x.items()}
+    return x[None, :, None] if x.ndim == 3 else x[None]
+
+
+def _draw_features(learner: Learner, theta: Params, sx: Inputs, qx: Inputs) -> tuple[Tensor, Tensor]:
+    """Support and query features at θ, queries normalised with the support's statistics, ``QUERY_CHUNK`` at a time."""
+    n, m = inputs_len(sx), inputs_len(qx)
+    with torch.no_grad():
+        sf = learner.features(theta, sx, ref=n)
+        chunks = [map_inputs(lambda t, lo=lo: t[lo : lo + QUERY_CHUNK], qx) for lo in range(0, m, QUERY_CHUNK)]
+        qf = torch.cat([learner.features(theta, cat_inputs([sx, q]), ref=n)[n:] for q in chunks])
+    return sf, qf
+
+
+def validation_accuracy(feats: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, c: float, max_iter: int) -> float:
+    """Query accuracy of the probe fitted at ``c`` on one draw's (support features, labels, query features, labels)."""
+    sf, sy, qf, qy = feats
+    w, b = fit_logistic(sf, sy, num_classes, c, max_iter)
+    return float((F.linear(qf.double(), w, b).argmax(-1) == qy).double().mean())
+
+
 class LinearProbe(AlgorithmBase):
-    """Baseline: logistic regression on the body's features (no meta-training)."""
+    """Baseline: logistic regression on the body's features (no meta-training), its C chosen on validation classes."""
 
     name: ClassVar[str] = "probe"
-    description: ClassVar[str] = "Baseline: logistic regression (linear probe) on the (frozen) body's features, no meta-training"
+    description: ClassVar[str] = "Baseline: logistic regression (linear probe) on the (frozen) body's features, C chosen on validation, no meta-training"
     Config: ClassVar[type] = ProbeConfig
     meta_learns: ClassVar[bool] = False
     task_parallel: ClassVar[bool] = True
@@ -63,8 +127,14 @@ class LinearProbe(AlgorithmBase):
     def __init__(self, config: ProbeConfig, train: Any) -> None:
         super().__init__(config, train)
 
+    @property
+    def c(self) -> float:
+        """The C in use: the given or chosen one, else :data:`FALLBACK_C`."""
+        return self.config.c if self.config.c is not None else FALLBACK_C
+
     def _head(self, learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-        return fitted_head(learner, params, x, y, lambda f, t, n: fit_logistic(f, t, n, self.config.c, self.config.max_iter))
+        c = self.c
+        return fitted_head(learner, params, x, y, lambda f, t, n: fit_logistic(f, t, n, c, self.config.max_iter))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the fitted probe (logged); no gradient: nothing is meta-learned."""
@@ -75,3 +145,31 @@ class LinearProbe(AlgorithmBase):
         theta = {k: v.detach() for k, v in learner.params.items()}
         fitted = self._head(learner, theta, x, y)
         return [dict(theta)] + [dict(fitted) for _ in range(steps)]
+
+    def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
+        """Choose C (when ``c`` is unset) on the validation ``pool``: every class with more than ``shots``
+        examples at once, ``shots`` support examples each and the rest as queries, ``c_draws`` seeded
+        draws; the best mean query accuracy wins (ties: the first in ``c_grid``). Sets ``config.c``;
+        returns the choice and each C's accuracy ({} when ``c`` was given or there is nothing to choose on)."""
+        cfg = self.config
+        classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
+        if cfg.c is not None or len(classes) < 2:
+            return {}
+        device = next(iter(learner.params.values())).device
+        theta = {k: v.detach() for k, v in learner.params.items()}
+        scores = np.zeros(len(cfg.c_grid))
+        for d in range(cfg.c_draws):
+            picks = validation_picks([pool.count(c) for c in classes], shots, seed, d)
+            sx, sy, qx, qy = to_batch(validation_draw(pool, classes, picks), device).task(0)
+            sf, qf = _draw_features(learner, theta, sx, qx)
+            scores += [validation_accuracy((sf, sy, qf, qy), len(classes), c, cfg.max_iter) for c in cfg.c_grid]
+        scores /= cfg.c_draws
+        best = cfg.c_grid[int(np.argmax(scores))]
+        self.config = dataclasses.replace(cfg, c=best)
+        return {
+            "c": best,
+            "validation_accuracy": {f"{c:g}": float(s) for c, s in zip(cfg.c_grid, scores, strict=True)},
+            "classes": len(classes),
+            "shots": shots,
+            "draws": cfg.c_draws,
+        }
