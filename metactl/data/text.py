@@ -494,11 +494,13 @@ class AllClassesEpisodes:
 # --- the sources --------------------------------------------------------------------------------
 
 
-def _text_run(meta: dict[str, Any], spec: str) -> dict[str, Any]:
+def _text_run(meta: dict[str, Any], spec: str) -> tuple[Tokenizer, int]:
+    """The tokenizer a text run records, and its ``max_length`` (a MetactlError for a run of other data)."""
     prep = meta.get("preprocessing") or {}
     if prep.get("kind") != "text":
         raise MetactlError(f"--data {spec}: this run was not trained on text.", "Evaluate it on the kind of data it was trained on.")
-    return prep
+    length = int(prep["max_length"])
+    return load_tokenizer(Path(prep["tokenizer"]), length), length
 
 
 def _same_path(path: Path, recorded: dict[str, Any], kind: str) -> bool:
@@ -553,21 +555,13 @@ class Intents:
     def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> ClassificationEpisodes:
         """The protocol's test intents (``protocol``, else the run's own when ``arg`` is its data);
         no protocol: every intent of ``arg`` (the run's own data: its validation intents), ``test`` splits."""
-        spec = f"intents:{arg}"
-        prep = _text_run(meta, spec)
-        root = Path(str(arg)).expanduser()
-        found = find_datasets(root, spec)
-        recorded = meta.get("data", {})
-        same = _same_path(root, recorded, "intents")
-        if protocol is None and same:
-            proto = recorded.get("protocol")
-        else:
-            proto = intents_protocol(protocol, found, spec) if protocol is not None else None
+        tok, length = _text_run(meta, f"intents:{arg}")
+        found, proto, same = self._protocol_of(meta, arg, protocol)
         test = evaluation_texts(found, proto)
         if proto is None and same and "val" in meta.get("split", {}):
             keep = set(meta["split"]["val"])
             test = {k: v for k, v in test.items() if k in keep}
-        pool = TextPool.from_texts(test, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        pool = TextPool.from_texts(test, tok, length)
         return ClassificationEpisodes(pool, ways, shots, queries, f"{proto or 'intents'} test")
 
     def _protocol_of(self, meta: dict[str, Any], arg: str | None, protocol: str | None) -> tuple[dict[str, Path], str | None, bool]:
@@ -592,9 +586,7 @@ class Intents:
         """Every test intent of the protocol (as :meth:`held_out` chooses them): support texts drawn from
         their ``train`` split, queries = their whole ``test`` split. ``split="val"``: every validation
         intent of the run, support and queries both from their ``train``-split texts (disjoint)."""
-        prep = _text_run(meta, f"intents:{arg}")
-        tok = load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"]))
-        length = int(prep["max_length"])
+        tok, length = _text_run(meta, f"intents:{arg}")
         if split == "val":
             return AllClassesEpisodes(TextPool.from_texts(self._validation(meta, arg), tok, length), None, shots, "validation")
         found, proto, same = self._protocol_of(meta, arg, protocol)
@@ -608,15 +600,13 @@ class Intents:
     def by_domain(self, meta: dict[str, Any], arg: str | None, shots: int, queries: int, protocol: str | None, split: str = "test") -> DomainEpisodes:
         """Whole-domain episodes of the ``domains`` protocol: every intent of one test domain (travel or
         utility; ``test`` split), or with ``split="val"`` of the validation domain (work; ``train`` split)."""
-        spec = f"intents:{arg}"
-        prep = _text_run(meta, spec)
+        tok, length = _text_run(meta, f"intents:{arg}")
         found, proto, _ = self._protocol_of(meta, arg, protocol)
         if proto != "domains":
             raise MetactlError(f"--by-domain draws whole CLINC150 domains; the protocol here is {proto or 'none'}.", "Add --protocol domains.")
         names, part_split = (VAL_DOMAINS, "train") if split == "val" else (TEST_DOMAINS, "test")
         part = _domain_part(found)
-        texts = part(names, part_split)
-        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        pool = TextPool.from_texts(part(names, part_split), tok, length)
         index = {label: c for c, label in enumerate(pool.labels)}
         groups = {d: [index[i] for i in part((d,), part_split)] for d in names}
         return DomainEpisodes(pool, groups, shots, queries, f"{'validation' if split == 'val' else 'test'} domain")
@@ -656,13 +646,13 @@ class LabeledText:
     def held_out(self, meta: dict[str, Any], arg: str | None, ways: int, shots: int, queries: int, protocol: str | None) -> ClassificationEpisodes:
         """Every label of ``arg``; the run's own data: its validation labels."""
         spec = f"text:{arg}"
-        prep = _text_run(meta, spec)
+        tok, length = _text_run(meta, spec)
         path = Path(str(arg)).expanduser()
         texts = read_labeled_texts(path, spec)
         if _same_path(path, meta.get("data", {}), "text") and "val" in meta.get("split", {}):
             keep = set(meta["split"]["val"])
             texts = {k: v for k, v in texts.items() if k in keep}
-        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        pool = TextPool.from_texts(texts, tok, length)
         return ClassificationEpisodes(pool, ways, shots, queries, "evaluation")
 
     def all_classes(self, meta: dict[str, Any], arg: str | None, shots: int, protocol: str | None, split: str = "test") -> AllClassesEpisodes:
@@ -670,10 +660,10 @@ class LabeledText:
         texts not drawn as support are the queries."""
         if split != "val":
             return AllClassesEpisodes(self.held_out(meta, arg, 2, 1, 0, protocol).pool, None, shots)
-        prep = _text_run(meta, f"text:{arg}")
+        tok, length = _text_run(meta, f"text:{arg}")
         keep = set(meta.get("split", {}).get("val", []))
         texts = {k: v for k, v in read_labeled_texts(Path(str(arg)).expanduser(), f"text:{arg}").items() if k in keep}
-        pool = TextPool.from_texts(texts, load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"])), int(prep["max_length"]))
+        pool = TextPool.from_texts(texts, tok, length)
         return AllClassesEpisodes(pool, None, shots, "validation")
 
 
