@@ -35,6 +35,7 @@ from metactl._version import __version__
 from metactl.api import Inputs, Params, map_inputs
 from metactl.config import TrainConfig
 from metactl.data.examples import LabeledExamples
+from metactl.data.label_names import add_label_names
 from metactl.errors import MetactlError
 from metactl.evaluate import algorithm_of_run, body_features
 from metactl.modalities import modality_of
@@ -109,9 +110,11 @@ def adapt(
     force: bool = False,
     device: str = "cpu",
     command: str | None = None,
+    label_names: bool | None = None,
 ) -> AdaptResult:
     """Adapt on ``device`` (the inner loop); the adapted model is built, checked and saved on the CPU.
-    ``command``: the command line (or Python call) that asked for it, recorded for the model card."""
+    ``command``: the command line (or Python call) that asked for it, recorded for the model card.
+    ``label_names``: each label's readable name is one more support example (None: as the run trained)."""
     t0 = time.perf_counter()
     runs.ensure_out_free(out, force)  # fail before any work
     check_device(device)
@@ -119,16 +122,11 @@ def adapt(
     meta, learner = runs.load_run(run, device)
     if meta.get("task") != "classification" or not meta.get("preprocessing"):
         raise MetactlError(f"{run}: adapt needs a classification run (this one is {meta.get('task')}).", "Meta-train on image or text data.")
-    recorded = meta["preprocessing"]
-    modality = modality_of(recorded)
-    data = modality.read_support(support, modality.support_preprocessing(recorded), "--support")
-    prep = data.preprocessing or recorded
-    qdata: LabeledExamples | None = modality.read_support(query, prep, "--query") if query is not None else None
-    if qdata is not None and set(qdata.labels) - set(data.labels):
-        extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
-        raise MetactlError(f"--query {query}: labels not in the support set: {extra}.", "Use the same labels as --support.")
+    modality = modality_of(meta["preprocessing"])
     cfg = TrainConfig(**meta["config"])
-    k = int(meta.get("adapt_steps", cfg.test_inner_steps)) if steps is None else steps
+    names = cfg.label_names if label_names is None else label_names
+    data, qdata, prep = _read_sets(modality, meta["preprocessing"], support, query, names)
+    k = default_steps(meta, cfg, len(data.labels)) if steps is None else steps
     if k < 0:
         raise MetactlError(f"--steps must be >= 0 (got {k}).", "Pass a number of inner steps.")
     algo = algorithm_of_run(meta, cfg)
@@ -162,6 +160,7 @@ def adapt(
         "source_theta_sha256": hashlib.sha256(theta_bytes).hexdigest(),
         "algorithm": meta["algorithm"]["name"],
         "steps": k,
+        "label_names": names,
         "support": {"folder": str(support.resolve()), unit: len(data), "per_label": data.counts(), "truncated": data.truncated},
         "support_losses": losses,
         "support_accuracy": support_acc,
@@ -179,6 +178,33 @@ def adapt(
     runs.write_dir_atomically(out, force, files)
     metrics = {"support_accuracy": support_acc, "query_accuracy": query_acc, "support_losses": losses}
     return AdaptResult(out, data.labels, metrics, per_class, data.skipped, time.perf_counter() - t0)
+
+
+def _read_sets(
+    modality: Any, recorded: dict[str, Any], support: Path, query: Path | None, names: bool
+) -> tuple[LabeledExamples, LabeledExamples | None, dict[str, Any]]:
+    """The support set (with each label's readable name as one more example when ``names``), the query
+    set if given (its labels must be the support's), and the preprocessing they were read with."""
+    data = modality.read_support(support, modality.support_preprocessing(recorded), "--support")
+    prep = data.preprocessing or recorded
+    qdata: LabeledExamples | None = modality.read_support(query, prep, "--query") if query is not None else None
+    if qdata is not None and set(qdata.labels) - set(data.labels):
+        extra = ", ".join(sorted(set(qdata.labels) - set(data.labels)))
+        raise MetactlError(f"--query {query}: labels not in the support set: {extra}.", "Use the same labels as --support.")
+    return (add_label_names(data, prep) if names else data), qdata, prep
+
+
+def default_steps(meta: dict[str, Any], cfg: TrainConfig, n: int) -> int:
+    """The run's ``adapt_steps`` (chosen on validation among 0..K). Step 0 is the head adaptation starts
+    from: the meta-learned one for the trained N, a new zero head for another N'. When the validation
+    that chose 0 started from the other kind of head than ``n`` labels get, 0 is not a choice made for
+    them: ``test_inner_steps`` then."""
+    k = int(meta.get("adapt_steps", cfg.test_inner_steps))
+    trained = int(meta["model"].get("num_classes", cfg.ways))
+    chosen_at = int(meta.get("adapt_steps_ways", trained))
+    if k == 0 and (chosen_at == trained) != (n == trained):
+        return cfg.test_inner_steps
+    return k
 
 
 def load_adapted(path: Path) -> tuple[dict[str, Any], nn.Module]:

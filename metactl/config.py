@@ -58,11 +58,22 @@ class TrainConfig:
     train_body: bool = False  # let the outer loop update the pretrained body too (inner learning rate 0)
     body_lr: float | None = None  # outer learning rate of the pretrained body's weights (--train-body); None = meta_lr
     max_length: int = 64  # text: tokens per example (longer texts are truncated; recorded)
+    # guards of the outer loop (issue 25): the best θ on validation kept, body warmup, L2-SP, clipping; label names
+    keep_best: bool = True  # the θ (α, extras) that scored best on validation becomes the run's θ (RUN/best/ while training)
+    val_all_classes: bool = False  # text: validate on every validation class at once (eval_episodes draws), not ways-way episodes
+    body_warmup: int = 0  # outer steps of linear warmup of the trained body's learning rate (--train-body); 0 = none
+    body_l2sp: float = 0.0  # L2-SP: add λ(θ_body − θ_body⁰) to the body's outer gradient (a pull toward the pretrained weights)
+    clip_grad: float | None = None  # clip the outer gradient's global norm (θ, α, extras) to this; None = no clipping
+    label_names: bool = False  # text: each class's readable name is one more support example (meta-train; adapt's default)
+    # fast body training (issue 25): only the top K layers train, the lower ones' hidden states cached once per text
+    train_layers: int | None = None  # --train-layers K: train the top K transformer layers of the text body (implies train_body); None = all
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
     def __post_init__(self) -> None:
         if self.adapt == "auto":  # recorded resolved, so a run says what it adapted
             object.__setattr__(self, "adapt", "head" if self.backbone else "all")
+        if self.train_layers is not None:  # the top K layers train in the outer loop: recorded as train_body too
+            object.__setattr__(self, "train_body", True)
         problems = validate(dataclasses.asdict(self))
         if problems:
             raise MetactlError(
@@ -78,6 +89,14 @@ def validate(values: dict[str, Any]) -> list[str]:
     """Problems with the values (defaults filled in for missing keys); empty when all is well."""
     cfg = SimpleNamespace(**{**_DEFAULTS, **values})
     p: list[str] = []
+    if cfg.train_layers is not None:  # --train-layers implies --train-body
+        cfg.train_body = True
+        if cfg.train_layers < 1:
+            p.append(f"train-layers must be >= 1 (got {cfg.train_layers})")
+        if not cfg.backbone:
+            p.append("train-layers trains the top layers of a pretrained text body (--backbone)")
+        elif cfg.adapt not in ("head", "auto"):
+            p.append(f"train-layers trains the top layers under a head-adapting inner loop (--adapt head), not --adapt {cfg.adapt}")
 
     def positive(name: str) -> None:
         value = getattr(cfg, name)
@@ -119,6 +138,12 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append(f"body-lr must be > 0 (got {cfg.body_lr})")
     if cfg.body_lr is not None and not cfg.train_body:
         p.append("body-lr applies to a body the outer loop trains (--train-body)")
+    if cfg.body_warmup < 0 or cfg.body_l2sp < 0:
+        p.append(f"body-warmup and body-l2sp must be >= 0 (got {cfg.body_warmup}, {cfg.body_l2sp})")
+    if (cfg.body_warmup > 0 or cfg.body_l2sp > 0) and not cfg.train_body:
+        p.append("body-warmup and body-l2sp apply to a body the outer loop trains (--train-body)")
+    if cfg.clip_grad is not None and not cfg.clip_grad > 0:
+        p.append(f"clip-grad must be > 0 (got {cfg.clip_grad})")
     if cfg.max_length < 2:
         p.append(f"max-length must be >= 2 tokens (got {cfg.max_length})")
     if cfg.adapt not in ("all", "auto") and not cfg.backbone:
@@ -140,11 +165,11 @@ _DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasse
 
 def _expected_type(name: str) -> tuple[type, ...]:
     default = TrainConfig.__dataclass_fields__[name].default
-    if name in ("time_budget", "body_lr"):
+    if name in ("time_budget", "body_lr", "clip_grad"):
         return (int, float)
     if name == "backbone":
         return (str,)
-    if name == "threads":
+    if name in ("threads", "train_layers"):
         return (int,)
     if name == "algo_options":
         return (dict,)
@@ -231,6 +256,7 @@ class EvaluateOptions:
     inner_lr: float | None = None  # fine-tune at this one rate instead of the run's α
     all_classes: bool = False  # every held-out class in each episode (text data)
     by_domain: bool = False  # --protocol domains: each episode is every intent of one test domain
+    label_names: bool | None = None  # --all-classes, text: each class's readable name is one more support text; None: as the run trained
     device: str = "cpu"  # cpu | cuda
 
     def __post_init__(self) -> None:
@@ -238,6 +264,8 @@ class EvaluateOptions:
             raise MetactlError(f"--episodes must be >= 1 (got {self.episodes}).", "Pass a positive number.")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise MetactlError(f"--protocol {self.protocol}: unknown.", f"Use one of: {', '.join(PROTOCOLS)}.")
+        if self.label_names and not self.all_classes:
+            raise MetactlError("--label-names adds each intent's name to the support of --all-classes draws.", "Add --all-classes, or drop --label-names.")
         if self.inner_lr is not None and not self.inner_lr > 0:
             raise MetactlError(f"--inner-lr must be > 0 (got {self.inner_lr}).", "Pass a positive learning rate.")
         if self.all_classes and self.by_domain:

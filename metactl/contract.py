@@ -204,6 +204,10 @@ class Sampler(Protocol):
         """OPTIONAL. Replace every example by ``fn(example inputs)`` once (a frozen body's features)."""
         ...
 
+    def precompute_hidden(self, fn: Callable[[Any], Any], tag: int, batch_size: int = 128, progress: Any = None) -> None:
+        """OPTIONAL. Keep every text's hidden states from ``fn`` (a body's frozen lower layers, ``--train-layers``), tagged ``tag``."""
+        ...
+
     def draw(self, seed: int, d: int) -> EpisodeBatch:
         """OPTIONAL. Draw ``d`` of a whole-label-set evaluation (every class at once), a function of ``seed`` and ``d`` only."""
         ...
@@ -360,7 +364,7 @@ OPTIONAL: dict[type, tuple[str, ...]] = {
     Algorithm: ("select_on_validation",),
     ExportModule: ("dynamic_axes",),
     Model: ("export_assets", "adapted_assets"),
-    Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "draw", "episodes"),
+    Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "precompute_hidden", "draw", "episodes"),
     TaskSource: ("all_classes", "by_domain"),
     MetricLogger: ("check",),
 }

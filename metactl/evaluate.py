@@ -13,6 +13,7 @@ from torch import Tensor
 from metactl import contract, runs
 from metactl._callable import callable_module
 from metactl.api import Inputs, Learner, inputs_len
+from metactl.calibration import expected_calibration_error
 from metactl.config import EvaluateOptions, TrainConfig
 from metactl.data import all_classes_sampler, domain_sampler, held_out_sampler
 from metactl.data.episodes import Sampler, episode_rng
@@ -81,23 +82,36 @@ def _head_only_inputs(learner: Learner, sx: Inputs, sy: Tensor, qx: Inputs, qy: 
     return sx, sy, qx, qy
 
 
-def _all_classes_curve(algo: Any, learner: Learner, sampler: Any, draws: int, steps: int, seed: int, device: str) -> np.ndarray:
-    """(draws, steps + 1) accuracy per draw of an every-class sampler (:meth:`draw`), queries in chunks."""
+def calibration_error(logits: Tensor, y: Tensor) -> float:
+    """Expected calibration error (:data:`metactl.calibration.ECE_BINS` bins) of the softmax of ``logits``."""
+    top, pred = logits.float().softmax(-1).max(-1)
+    return expected_calibration_error(top.cpu().numpy(), (pred == y).cpu().numpy())
+
+
+def _all_classes_curve(algo: Any, learner: Learner, sampler: Any, draws: int, steps: int, seed: int, device: str, ece: np.ndarray | None = None) -> np.ndarray:
+    """(draws, steps + 1) accuracy per draw of an every-class sampler (:meth:`draw`), queries in chunks;
+    ``ece`` (the same shape), when given, is filled with each draw's expected calibration error."""
     out = np.empty((draws, steps + 1))
     for d in range(draws):
         sx, sy, qx, qy = _head_only_inputs(learner, *to_batch(sampler.draw(seed, d), device).task(0))
         trajectory = algo.adapt(learner, sx, sy, steps)
         with torch.no_grad():
             for k, params in enumerate(trajectory):
-                out[d, k] = learner.metric(predict_in_chunks(learner, params, sx, qx, sampler.query_chunk), qy)
+                logits = predict_in_chunks(learner, params, sx, qx, sampler.query_chunk)
+                out[d, k] = learner.metric(logits, qy)
+                if ece is not None:
+                    ece[d, k] = calibration_error(logits, qy)
     return out
 
 
-def adaptation_curve(algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20) -> np.ndarray:
+def adaptation_curve(
+    algo: Any, learner: Learner, sampler: Sampler, episodes: int, steps: int, seed: int, device: str = "cpu", chunk: int = 20, ece: np.ndarray | None = None
+) -> np.ndarray:
     """(episodes, steps + 1) metric per episode after 0..steps inner steps (same episodes for a seed).
-    A sampler with ``draw(seed, d)`` (every class at once) gives draw ``d`` as episode ``d``."""
+    A sampler with ``draw(seed, d)`` (every class at once) gives draw ``d`` as episode ``d``, and fills
+    ``ece`` (when given, of the same shape) with each draw's expected calibration error."""
     if contract.hook(sampler, "draw") is not None:
-        return _all_classes_curve(algo, learner, sampler, episodes, steps, seed, device)
+        return _all_classes_curve(algo, learner, sampler, episodes, steps, seed, device, ece)
     out = np.empty((episodes, steps + 1))
     done = 0
     while done < episodes:
@@ -141,10 +155,12 @@ def run_curve(
     device: str = "cpu",
     inner_lr: float | None = None,
     precompute: bool = True,
+    ece: np.ndarray | None = None,
 ) -> np.ndarray:
     """One run's adaptation curve on ``sampler``: a zero head for another number of classes (as
     ``metactl adapt`` starts one), one inner learning rate for every tensor with ``inner_lr``, and the
-    body's features computed once first when only the head adapts (``precompute=False``: ``sampler`` has them already)."""
+    body's features computed once first when only the head adapts (``precompute=False``: ``sampler`` has them already).
+    ``ece``: filled with each draw's expected calibration error (an every-class sampler; see :func:`adaptation_curve`)."""
     cfg = TrainConfig(**meta["config"])
     algo = algorithm_of_run(meta, cfg)
     n = getattr(sampler, "ways", cfg.ways)
@@ -154,14 +170,15 @@ def run_curve(
         learner = learner.replace(inner_lr={k: torch.full_like(v, inner_lr) for k, v in learner.inner_lr.items()})
     if precompute and learner.model.adapts_head_only() and contract.hook(sampler, "precompute") is not None:
         sampler.precompute(feature_fn(learner, device))
-    return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device)
+    return adaptation_curve(algo, learner, sampler, episodes, steps, seed, device, ece=ece)
 
 
 def held_out_episodes(meta: dict[str, Any], cfg: TrainConfig, o: EvaluateOptions) -> Any:
     """The sampler ``o`` asks for, for the run described by ``meta`` (its own N and K unless ``o`` sets them)."""
     shots = o.shots or cfg.shots
     if o.all_classes:
-        return all_classes_sampler(meta, o.data, shots, o.protocol, o.split)
+        names = cfg.label_names if o.label_names is None else o.label_names
+        return all_classes_sampler(meta, o.data, shots, o.protocol, o.split, label_names=names)
     if o.by_domain:
         return domain_sampler(meta, o.data, shots, o.query_shots, o.protocol, o.split)
     return held_out_sampler(meta, o.data, o.ways or cfg.ways, shots, o.query_shots, o.protocol, o.split)
@@ -187,7 +204,9 @@ def evaluate_runs(run_dirs: list[Any], options: EvaluateOptions | None = None) -
         n = getattr(sampler, "ways", o.ways or cfg.ways)
         count = len(sampler) if contract.hook(sampler, "episodes") is not None else o.episodes
         t0 = time.perf_counter()
-        values = run_curve(meta, learner, sampler, count, o.steps if o.steps is not None else cfg.test_inner_steps, o.seed, o.device, o.inner_lr)
+        steps = o.steps if o.steps is not None else cfg.test_inner_steps
+        ece = np.full((count, steps + 1), np.nan) if o.all_classes and learner.task == "classification" else None
+        values = run_curve(meta, learner, sampler, count, steps, o.seed, o.device, o.inner_lr, ece=ece)
         results.append(
             {
                 "run": str(run),
@@ -205,6 +224,7 @@ def evaluate_runs(run_dirs: list[Any], options: EvaluateOptions | None = None) -
                 "seconds": time.perf_counter() - t0,  # the frozen body's features (once), then adapting and scoring every episode
                 "steps": summarise(values),
                 "per_episode": values.tolist() if o.all_classes else None,  # draws are few: each one's curve
+                "ece": None if ece is None else summarise(ece),  # all-classes: expected calibration error (15 bins) per step
             }
         )
     return results

@@ -289,11 +289,13 @@ def adapt(
     device: str = "cpu",
     quiet: bool = False,
     command: str | None = None,
+    label_names: bool | None = None,
 ) -> AdaptResult:
     """Adapt a meta-trained run (``run``, the CLI's ``--from``; default: the newest under ./runs) to the
-    labeled examples in ``support`` with its learned per-layer learning rates (``metactl adapt``)."""
+    labeled examples in ``support`` with its learned per-layer learning rates (``metactl adapt``).
+    ``label_names``: each label's readable name is one more support example (text; None: as the run trained)."""
     with _status("adapting", quiet):
-        return adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command)
+        return adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command, label_names)
 
 
 @api
@@ -341,6 +343,7 @@ def evaluate(
     inner_lr: float | None = EvaluateOptions.inner_lr,
     all_classes: bool = EvaluateOptions.all_classes,
     by_domain: bool = EvaluateOptions.by_domain,
+    label_names: bool | None = EvaluateOptions.label_names,
     device: str = EvaluateOptions.device,
     json: str | Path | None = None,
     plot: str | Path | None = None,
@@ -354,12 +357,13 @@ def evaluate(
     ``split="val"``: the runs' own validation classes; ``inner_lr``: fine-tune at that one rate instead
     of each run's α (a grid of rates on ``split="val"`` chooses a fine-tuning baseline's rate).
     ``all_classes``: every held-out class at once, ``episodes`` draws of ``shots`` examples per class,
-    scored on the whole test split; ``by_domain``: CLINC150 episodes of one whole test domain.
+    scored on the whole test split (``label_names``: each class's readable name one more support text;
+    None: as the run trained); ``by_domain``: CLINC150 episodes of one whole test domain.
     The keywords before ``json`` are :class:`metactl.config.EvaluateOptions`' fields."""
     check_split(split)  # before minutes are spent on the first run
     options = EvaluateOptions(
         data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, episodes=episodes, steps=steps, seed=seed,
-        split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, device=device,
+        split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, label_names=label_names, device=device,
     )  # fmt: skip
     json_path, plot_path = _optional_path(json), _optional_path(plot)
     for target in (json_path, plot_path):

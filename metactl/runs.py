@@ -2,7 +2,7 @@
 
 Layout::
 
-    runs/NAME/theta.safetensors    θ and α ("inner_lr.<param>")
+    runs/NAME/theta.safetensors    θ, α ("inner_lr.<param>") and the head's extra parameters ("extra.head.<name>")
     runs/NAME/metactl.json         version, config, model/data spec, preprocessing, split, seed, budget
     runs/NAME/metrics.jsonl        one line per logged step
     runs/NAME/checkpoint.safetensors + checkpoint.json   resumable state (θ, α, optimizer, step)
@@ -36,6 +36,7 @@ CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
 SNAPSHOTS = "snapshots"
 INNER_LR_PREFIX = "inner_lr."
+EXTRA_PREFIX = "extra."  # an algorithm's extra parameters that belong to the head (named head.*, e.g. a learned log-temperature)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -120,13 +121,19 @@ def load_tensors(path: Path) -> dict[str, Any]:
 
 
 def split_theta(tensors: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    theta = {k: v for k, v in tensors.items() if not k.startswith(INNER_LR_PREFIX)}
+    theta = {k: v for k, v in tensors.items() if not k.startswith((INNER_LR_PREFIX, EXTRA_PREFIX))}
     lr = {k[len(INNER_LR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)}
     return theta, lr
 
 
 def join_theta(theta: dict[str, Any], inner_lr: dict[str, Any]) -> dict[str, Any]:
     return {**theta, **{INNER_LR_PREFIX + k: v for k, v in inner_lr.items()}}
+
+
+def run_extras(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extra parameters a run keeps in its θ file (as ``extra.NAME``): those of the head (``head.*``),
+    which adapt needs; training-only ones (pretrain's all-classes classifier) stay in checkpoints."""
+    return {EXTRA_PREFIX + k: v for k, v in extra.items() if k.startswith("head.")}
 
 
 def read_meta(run: Path) -> dict[str, Any]:
@@ -239,7 +246,9 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
             f"{run}: the run has no {THETA} yet (status {meta.get('status')!r}).",
             f"Finish it: metactl meta-train --out {run} --resume",
         )
-    theta, lr = split_theta(load_tensors(run / THETA))
+    tensors = load_tensors(run / THETA)
+    theta, lr = split_theta(tensors)
+    extra = {k[len(EXTRA_PREFIX) :]: v.to(device) for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     model = build_model(meta["model"]).to(device)
     expected, frozen = split_model_parameters(model)
     if set(theta) != set(expected) or any(theta[k].shape != expected[k].shape for k in theta):
@@ -248,7 +257,7 @@ def load_run(run: Path, device: str = "cpu") -> tuple[dict[str, Any], Learner]:
     inner = {k: lr[k].to(device) if k in lr else torch.tensor(0.0, device=device) for k in params}
     learner = Learner(
         model=model, params=params, inner_lr=inner, task=meta.get("task", "classification"),
-        per_step_lr=meta.get("inner_lr_shape") == "step", frozen=frozen, outer_only=frozenset(model.outer_only_parameter_names()),
+        per_step_lr=meta.get("inner_lr_shape") == "step", frozen=frozen, outer_only=frozenset(model.outer_only_parameter_names()), extra=extra,
     )  # fmt: skip
     return meta, learner
 

@@ -159,17 +159,50 @@ def model_spec_for(data: TaskData, cfg: TrainConfig) -> dict[str, Any]:
 
 def make_optimizer(algo: Any, learner: Learner, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The algorithm's outer optimizer (Adam by default) on θ, α (if learned) and its extra parameters.
-    With ``body_lr``, the pretrained body's weights (trained by the outer loop only) are a group of their
-    own at that learning rate: a pretrained transformer is fine-tuned at a far smaller rate than a new head."""
-    body = set(learner.outer_only) if cfg.body_lr is not None else set()
+    With ``body_lr`` (or ``body_warmup``), the pretrained body's weights (trained by the outer loop only) are a
+    group of their own at that learning rate (else ``meta_lr``): a pretrained transformer is fine-tuned at a far
+    smaller rate than a new head. With ``body_warmup`` the group records its ``initial_lr``, which
+    :func:`warm_up_body` ramps to."""
+    body = set(learner.outer_only) if cfg.body_lr is not None or cfg.body_warmup > 0 else set()
     groups: list[dict[str, Any]] = [{"params": [v for k, v in learner.params.items() if k not in body], "name": "theta"}]
     if body:
-        groups.append({"params": [v for k, v in learner.params.items() if k in body], "name": "body", "lr": cfg.body_lr})
+        groups.append({"params": [v for k, v in learner.params.items() if k in body], "name": "body", **({"lr": cfg.body_lr} if cfg.body_lr else {})})
     if cfg.learn_inner_lr:
         groups.append({"params": [a for a in learner.inner_lr.values() if a.requires_grad], "name": "inner_lr"})
     if learner.extra:
         groups.append({"params": list(learner.extra.values()), "name": "extra"})
-    return algo.make_optimizer(groups, cfg)
+    opt = algo.make_optimizer(groups, cfg)
+    if cfg.body_warmup > 0:
+        for group in opt.param_groups:
+            if group.get("name") == "body":
+                group.setdefault("initial_lr", group["lr"])
+    return opt
+
+
+def warm_up_body(opt: torch.optim.Optimizer, step: int, warmup: int) -> None:
+    """The body group's learning rate for outer step ``step`` (0-based): ``initial_lr · min(1, (step + 1) / warmup)``."""
+    if warmup <= 0:
+        return
+    for group in opt.param_groups:
+        if group.get("name") == "body":
+            group["lr"] = group["initial_lr"] * min(1.0, (step + 1) / warmup)
+
+
+def guard_gradients(learner: Learner, cfg: TrainConfig, anchor: dict[str, torch.Tensor]) -> float | None:
+    """The outer gradient's guards, in order: L2-SP (Li et al. 2018) adds ``body_l2sp · (θ − θ⁰)`` to the
+    gradient of each trained body tensor (``anchor``: θ⁰, the pretrained weights), the gradient of
+    ``λ/2·‖θ_body − θ_body⁰‖²``; then ``clip_grad`` clips the global norm of every gradient (θ, α, extras).
+    Returns the norm before clipping (None without clipping)."""
+    if cfg.body_l2sp > 0:
+        with torch.no_grad():
+            for name, start in anchor.items():
+                p = learner.params[name]
+                pull = cfg.body_l2sp * (p.detach() - start)
+                p.grad = pull if p.grad is None else p.grad.add_(pull)
+    if cfg.clip_grad is None:
+        return None
+    grads = [p for p in learner.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(grads, cfg.clip_grad)) if grads else 0.0
 
 
 def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, step: int, elapsed: float, bad: int) -> None:
@@ -194,7 +227,8 @@ def _save_checkpoint(out: Path, learner: Learner, opt: torch.optim.Optimizer, st
 
 
 def _save_theta(run: Path, learner: Learner) -> None:
-    runs.save_tensors(run / runs.THETA, runs.join_theta(learner.params, learner.inner_lr), {"format": "metactl-theta", "metactl_version": __version__})
+    tensors = {**runs.join_theta(learner.params, learner.inner_lr), **runs.run_extras(learner.extra)}
+    runs.save_tensors(run / runs.THETA, tensors, {"format": "metactl-theta", "metactl_version": __version__})
 
 
 def _save_snapshot(out: Path, learner: Learner, meta: dict[str, Any], step: int, elapsed: float) -> None:
@@ -242,6 +276,34 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
         raise MetactlError(f"--resume with settings that differ from the run in {out}: " + ", ".join(diff) + ".", "Resume with the run's own settings.")
 
 
+BEST = "best"  # RUN/best/: the best-scoring θ so far (a run `metactl evaluate` reads) and every validation score
+BEST_EXTRA = "extra.safetensors"  # RUN/best/'s copy of every extra parameter (resume restores them)
+
+
+@dataclass
+class BestTheta:
+    """Every validation score of the run so far and, with ``keep_best``, a copy of the θ, α and extra
+    parameters that scored best. A score is the best validation mean over inner steps 0..K (the step
+    count ``adapt`` then chooses): the highest accuracy, or the lowest mean squared error."""
+
+    higher: bool  # accuracy (True) or mean squared error (False)
+    scores: list[dict[str, float]] = field(default_factory=list)  # {"step", "score"} per validation, in order
+    step: int | None = None  # the best step so far
+    score: float | None = None
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # params | inner_lr | extra -> copies
+
+    def score_of(self, curve: list[dict[str, float]]) -> float:
+        means = [c["mean"] for c in curve]
+        return max(means) if self.higher else min(means)
+
+    def better(self, score: float) -> bool:
+        """Strictly better than every earlier score (ties keep the earlier step, as argmax does)."""
+        return self.score is None or (score > self.score if self.higher else score < self.score)
+
+    def record(self) -> dict[str, Any]:
+        return {"step": self.step, "score": self.score, "scores": list(self.scores)}
+
+
 @dataclass
 class Session:
     """Everything one meta-training holds, from :func:`setup` to :func:`finish`."""
@@ -267,6 +329,9 @@ class Session:
     val_start: list[dict[str, float]] = field(default_factory=list)
     critical: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # θ's update and the step count, never cut in half
     loggers: list[MetricLogger] = field(default_factory=list)  # --log-to: rank 0 only, fed what metrics.jsonl gets
+    anchor: dict[str, torch.Tensor] = field(default_factory=dict)  # θ_body⁰, the pretrained body L2-SP pulls toward
+    val_sampler: Any = None  # what validation samples: data.val, or every validation class at once (--val-all-classes)
+    best: BestTheta | None = None  # the validation scores so far and the best-scoring θ (--keep-best)
 
     @property
     def main(self) -> bool:
@@ -280,9 +345,15 @@ class Session:
         return time.perf_counter() - self.t0
 
     def val_curve(self) -> list[dict[str, float]]:
+        """The validation curve at the current θ: ``eval_episodes`` ways-way episodes, or with
+        ``val_all_classes`` that many draws of every validation class at once, on a zero-initialised head
+        of that many classes (as ``metactl evaluate --all-classes --split val`` and ``adapt`` start one)."""
         assert self.data.val is not None
-        cfg = self.cfg
-        return summarise(adaptation_curve(self.algo, self.learner, self.data.val, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, self.device))
+        cfg, sampler, learner = self.cfg, self.val_sampler or self.data.val, self.learner
+        n = int(getattr(sampler, "ways", cfg.ways))
+        if learner.task == "classification" and n != cfg.ways:
+            learner, _ = runs.with_head(learner, self.data.model_spec, n)
+        return summarise(adaptation_curve(self.algo, learner, sampler, cfg.eval_episodes, cfg.test_inner_steps, cfg.seed, self.device))
 
 
 def setup(
@@ -310,6 +381,8 @@ def setup(
         _check_resume_config(out, cfg)
         replaces = runs.read_meta(out).get("replaces")
     data = open_data(cfg, report.load)
+    if cfg.label_names and (data.preprocessing or {}).get("kind") != "text":
+        raise MetactlError(f"--label-names adds each class's name as a text example: text data only (--data {cfg.data}).", "Drop --label-names.")
     if not resume and world.main:
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
@@ -318,13 +391,11 @@ def setup(
     learner = init_learner(data.model_spec, cfg, data.kind, device, algo.inner_lr_shape)
     pool = getattr(data.train, "pool", None)
     algo.setup(learner, SetupInfo(train_classes=pool.num_classes if pool is not None else 0))
-    if learner.model.features_fixed():  # a frozen body under a head: each example's features once, not once per task
-        for sampler in (data.train, data.val):
-            if sampler is not None and contract.hook(sampler, "precompute") is not None:
-                report.message(f"Computing the frozen body's features of the {getattr(sampler, 'what', 'data')} examples once.")
-                sampler.precompute(feature_fn(learner, device))
+    precompute_body(data, learner, device, report)
     opt = make_optimizer(algo, learner, cfg)
-    s = Session(cfg, algo, world, report, device, out, replaces, data, learner, opt, meta={})
+    s = Session(cfg, algo, world, report, device, out, replaces, data, learner, opt, meta={}, val_sampler=validation_sampler(data, cfg))
+    if cfg.body_l2sp > 0:  # θ_body⁰: the pretrained weights, before any checkpoint is loaded
+        s.anchor = {k: learner.params[k].detach().clone() for k in learner.outer_only}
     if resume:
         s.step, s.elapsed_before, s.bad = _load_checkpoint(out, learner, opt)
         if world.main:
@@ -340,9 +411,55 @@ def setup(
         params = flat_params({"algorithm": cfg.algo, "task": data.kind, **cfg.to_dict(), "metactl_version": __version__})
         for logger in s.loggers:
             logger.log_params(params)
+        if s.validate and cfg.eval_every > 0:
+            s.best = BestTheta(higher=data.kind == "classification")
+            if resume:
+                _load_best(s)
         if s.validate and cfg.eval_every > 0 and s.step == 0:
             s.val_start = s.val_curve()
+            record_validation(s, s.val_start)
     return s
+
+
+def validation_sampler(data: TaskData, cfg: TrainConfig) -> Any:
+    """What validation samples: the data's validation episodes, or with ``val_all_classes`` every
+    validation class at once (:func:`metactl.data.text.all_classes_validation`; text data only)."""
+    if not cfg.val_all_classes or data.val is None:
+        return data.val
+    if (data.preprocessing or {}).get("kind") != "text":
+        raise MetactlError(f"--val-all-classes validates on every validation intent at once: text data only (--data {cfg.data}).", "Drop --val-all-classes.")
+    from metactl.data.text import all_classes_validation
+
+    return all_classes_validation(data.val, cfg.shots)
+
+
+def hidden_fn(model: Any, device: str) -> Callable[[dict[str, Any]], Any]:
+    """Padded token arrays -> the frozen lower layers' hidden states (n, L, D) as numpy (``--train-layers``)."""
+
+    def fn(x: dict[str, Any]) -> Any:
+        with torch.no_grad():
+            ids, mask = (torch.from_numpy(x[k]).to(device) for k in ("input_ids", "attention_mask"))
+            return model.lower_hidden(ids, mask).float().cpu().numpy()
+
+    return fn
+
+
+def precompute_body(data: TaskData, learner: Learner, device: str, report: Reporter) -> None:
+    """What of the body never changes, computed once per example of the training and validation data: a
+    frozen body's features (a head on a frozen body), or with ``--train-layers K`` the hidden states its
+    frozen lower layers give (only the top K layers then run in each step)."""
+    model = learner.model
+    cached = data.model_spec.get("train_layers") is not None  # a text model with --train-layers K
+    for sampler in (data.train, data.val):
+        if sampler is None:
+            continue
+        what = getattr(sampler, "what", "data")
+        if model.features_fixed() and contract.hook(sampler, "precompute") is not None:
+            report.message(f"Computing the frozen body's features of the {what} examples once.")
+            sampler.precompute(feature_fn(learner, device))
+        elif cached and contract.hook(sampler, "precompute_hidden") is not None:
+            report.message(f"Computing the frozen lower {model.cached_layers()} layers' hidden states of the {what} examples once.")
+            sampler.precompute_hidden(hidden_fn(model, device), model.body_tag())
 
 
 def _run_meta(cfg: TrainConfig, algo: Any, data: TaskData, world: World, command: str | None = None) -> dict[str, Any]:
@@ -395,8 +512,11 @@ def outer_step(s: Session, episodes: EpisodeBatch, workers: int) -> dict[str, An
     metrics = task_parallel_meta_gradient(s.algo, s.learner, to_batch(episodes, s.device), workers)
     metrics = reduce_gradients(s.world, s.learner, metrics, s.device)
     finite = gradients_finite(metrics, s.learner)
+    norm: float | None = None
     with s.critical():
         if finite:
+            norm = guard_gradients(s.learner, s.cfg, s.anchor)
+            warm_up_body(s.opt, s.step, s.cfg.body_warmup)
             s.opt.step()
             s.bad = 0
         else:
@@ -410,6 +530,10 @@ def outer_step(s: Session, episodes: EpisodeBatch, workers: int) -> dict[str, An
         "seconds": time.perf_counter() - ts,
         "elapsed": s.elapsed(),
     }
+    if norm is not None:
+        record["grad_norm"] = norm  # before clipping
+    if s.cfg.body_warmup > 0:
+        record["body_lr"] = next(g["lr"] for g in s.opt.param_groups if g.get("name") == "body")
     if not finite:
         record["skipped"] = True
     return record
@@ -424,7 +548,9 @@ def _after_step(s: Session, record: dict[str, Any]) -> None:
     cfg = s.cfg
     if s.validate and cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
         tv = time.perf_counter()
-        record["val"] = [c["mean"] for c in s.val_curve()]
+        curve = s.val_curve()
+        record["val"] = [c["mean"] for c in curve]
+        record_validation(s, curve)
         s.val_seconds += time.perf_counter() - tv
     if s.main:
         runs.append_jsonl(s.out / runs.METRICS, record)
@@ -483,15 +609,16 @@ def finish(s: Session) -> TrainResult:
     if not s.main:
         s.world.barrier()  # wait for rank 0 to finish writing, then leave together
         return TrainResult(Path(s.replaces or s.out), s.step, seconds, s.stopped_by, skipped_steps=s.skipped, config=cfg.to_dict())
-    _save_checkpoint(s.out, s.learner, s.opt, s.step, seconds, s.bad)
+    _save_checkpoint(s.out, s.learner, s.opt, s.step, seconds, s.bad)  # the last θ: --resume continues from it
+    keep_best_theta(s)
     _save_theta(s.out, s.learner)
     meta = s.meta
     select_on_validation(s)  # before the final validation, which then scores the chosen setting
     val_curve = s.val_curve() if s.data.val is not None else []
-    if val_curve:  # the step count that adapted best on validation classes: adapt's default
-        after = [c["mean"] for c in val_curve[1:]]  # after 1..K steps
-        best = max(after) if s.data.kind == "classification" else min(after)
-        meta["adapt_steps"] = 1 + after.index(best) if after else 0
+    if val_curve:  # the step count 0..K that adapted best on validation classes: adapt's default
+        after = [c["mean"] for c in val_curve]
+        meta["adapt_steps"] = after.index(max(after) if s.data.kind == "classification" else min(after))
+        meta["adapt_steps_ways"] = int(getattr(s.val_sampler, "ways", cfg.ways))  # the N it was chosen at (see metactl.adapt)
     meta.update(
         status="complete" if s.stopped_by != "non-finite" else "stopped-non-finite",
         finished=datetime.now().isoformat(timespec="seconds"),
@@ -499,7 +626,12 @@ def finish(s: Session) -> TrainResult:
         seconds=round(seconds, 2),
         stopped_by=s.stopped_by,
         skipped_steps=s.skipped,
-        validation={"episodes": cfg.eval_episodes, "inner_steps": cfg.test_inner_steps, "curve": val_curve},
+        validation={
+            "episodes": cfg.eval_episodes,
+            "inner_steps": cfg.test_inner_steps,
+            "curve": val_curve,
+            "setting": "all-classes" if cfg.val_all_classes else "episodes",
+        },
     )
     out = s.out
     meta.pop("replaces", None)
@@ -540,6 +672,78 @@ def select_on_validation(s: Session) -> None:
         algorithm["selection"] = {**choice, "seconds": round(time.perf_counter() - tv, 3)}
         shown = ", ".join(f"{k}={v}" for k, v in choice.items() if not isinstance(v, dict))
         s.report.message(f"Chosen on the validation classes: {shown}.")
+
+
+def record_validation(s: Session, curve: list[dict[str, float]]) -> None:
+    """Score the θ just validated (at step ``s.step``); with ``keep_best``, when it beats every earlier
+    score, copy θ, α and the extras and write them to RUN/best/ (a folder swapped in whole), else only
+    update the scores there."""
+    b = s.best
+    if b is None:
+        return
+    score = b.score_of(curve)
+    b.scores.append({"step": s.step, "score": score})
+    if not s.cfg.keep_best:
+        return
+    improved = b.better(score)
+    if improved:
+        groups = {"params": s.learner.params, "inner_lr": s.learner.inner_lr, "extra": s.learner.extra}
+        b.step, b.score, b.tensors = s.step, score, {g: {k: v.detach().clone() for k, v in t.items()} for g, t in groups.items()}
+    info = {**s.meta, "status": "best", "steps_done": b.step, "best": b.record()}
+    folder = s.out / BEST
+    if not improved and folder.is_dir():
+        runs.atomic_write_json(folder / runs.META, info)
+        return
+    work = s.out / f".{BEST}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _save_theta(work, s.learner)
+    if s.learner.extra:
+        runs.save_tensors(work / BEST_EXTRA, s.learner.extra)
+    runs.atomic_write_json(work / runs.META, info)
+    runs.replace_dir(work, folder)
+
+
+def _load_best(s: Session) -> None:
+    """On --resume: the scores and best θ of RUN/best/ up to the checkpoint's step (a best found after
+    the checkpoint was lost with the steps that made it, which run again)."""
+    b, folder = s.best, s.out / BEST
+    if b is None or not (folder / runs.META).is_file():
+        return
+    saved = runs.read_meta(folder).get("best") or {}
+    b.scores = [x for x in saved.get("scores", []) if x["step"] <= s.step]
+    if saved.get("step") is None or saved["step"] > s.step or not s.cfg.keep_best:
+        return
+    theta, lr = runs.split_theta(runs.load_tensors(folder / runs.THETA))
+    extra = runs.load_tensors(folder / BEST_EXTRA) if (folder / BEST_EXTRA).is_file() else {}
+    b.step, b.score, b.tensors = int(saved["step"]), float(saved["score"]), {"params": theta, "inner_lr": lr, "extra": extra}
+
+
+def keep_best_theta(s: Session) -> None:
+    """At the end of training: score the last θ if it was not validated, then, with ``keep_best``, put
+    the best-scoring θ, α and extras back into the learner (the run's θ); record the choice and every
+    score in the run's metadata (``best_theta``)."""
+    b = s.best
+    if b is None:
+        return
+    if not b.scores or b.scores[-1]["step"] != s.step:
+        tv = time.perf_counter()
+        record_validation(s, s.val_curve())
+        s.val_seconds += time.perf_counter() - tv
+    last = b.scores[-1]["score"]
+    kept = s.step
+    if s.cfg.keep_best and b.step is not None and b.step != s.step:
+        groups = {"params": s.learner.params, "inner_lr": s.learner.inner_lr, "extra": s.learner.extra}
+        with torch.no_grad():
+            for g, tensors in groups.items():
+                for k, v in tensors.items():
+                    v.copy_(b.tensors[g][k])
+        kept = b.step
+        s.report.message(f"Keeping θ of step {b.step} (validation score {b.score:.4f}; the last step, {s.step}, scored {last:.4f}).")
+    s.meta["best_theta"] = {
+        "keep_best": s.cfg.keep_best, "step": kept, "score": next(x["score"] for x in reversed(b.scores) if x["step"] == kept),
+        "metric": "accuracy" if b.higher else "mse", "setting": "all-classes" if s.cfg.val_all_classes else "episodes", "scores": b.scores,
+    }  # fmt: skip
 
 
 def close_loggers(s: Session, status: str) -> None:

@@ -23,10 +23,10 @@ ROOT_PACKAGE = "metactl"  # a layer entry that is the package root names the roo
 MAX_FUNCTION_LINES = 80  # from the ``def`` line to the body's last line (decorators not counted), nested functions included
 
 LAYERS: list[tuple[str, ...]] = [
-    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract"),
-    ("metactl.config", "metactl.api", "metactl.distributed", "metactl.launch", "metactl.backbones"),
+    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract", "metactl.calibration"),
+    ("metactl.config", "metactl.api", "metactl.distributed", "metactl.launch", "metactl.backbones", "metactl.hidden"),
     ("metactl.registry", "metactl.perf"),
-    ("metactl.loggers", "metactl.inner", "metactl.data", "metactl.models"),
+    ("metactl.loggers", "metactl.inner", "metactl.data", "metactl.models", "metactl.heads"),
     ("metactl.modalities",),
     ("metactl.algorithms", "metactl.runs", "metactl.runtime", "metactl.card"),
     ("metactl.evaluate", "metactl.plot", "metactl.results"),
@@ -49,6 +49,8 @@ LAZY = {
     ("metactl.loggers", "mlflow.tracking"): "the optional [mlflow] extra, checked just before",
     ("metactl.loggers", "mlflow.entities"): "the optional [mlflow] extra, checked when the logger was made",
     ("metactl.library", "metactl.launch"): "torch.distributed's elastic launcher, loaded only for --nproc",
+    ("metactl.train", "metactl.data.text"): "the [text] extra (tokenizers): only --val-all-classes on text data needs it",
+    ("metactl.data.label_names", "metactl.data.tokens"): "the [text] extra (tokenizers): only --label-names on a text run needs it",
     ("metactl.backbones", "huggingface_hub"): "only a --backbone given as a Hugging Face hub id needs it (the [text] extra)",
 }
 

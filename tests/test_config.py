@@ -50,6 +50,6 @@ def test_every_optional_key_takes_a_value_of_its_type_from_toml(tmp_path: Path) 
     for f in optional:
         kind = str(f.type).split("|")[0].strip()
         path = tmp_path / f"{f.name}.toml"
-        companions = {"body_lr": 'backbone = "/m"\ntrain_body = true\n'}.get(f.name, "")  # what body-lr applies to
+        companions = {"body_lr": 'backbone = "/m"\ntrain_body = true\n', "train_layers": 'backbone = "/m"\n'}.get(f.name, "")  # what they apply to
         path.write_text(f"{companions}{f.name} = {sample[kind]}\n")
         assert load_toml(path)[f.name] == {"float": 0.5, "int": 2, "str": "x"}[kind], f.name

@@ -498,6 +498,46 @@ def text_speed(results: Path) -> list[str]:
     return out
 
 
+BODY_SPEED_LABELS = {
+    "whole-padded": "whole encoder, padded to the batch's longest (before bucketing)",
+    "whole-bucketed": "whole encoder, length-bucketed",
+    "top2-cached": "`--train-layers 2`, lower 4 layers cached",
+    "top1-cached": "`--train-layers 1`, lower 5 layers cached",
+}
+
+
+BODY_SPEED_FILES = ("body-speed.json", "body-speed-1thread.json")  # the second (--threads 1) only where it was run
+
+
+def body_speed(results: Path) -> list[str]:
+    """examples/benchmarks/body_speed.py: forward + backward of one 640-text batch per way of training the body."""
+    runs = [load(results, name) for name in BODY_SPEED_FILES if name == BODY_SPEED_FILES[0] or (results / name).is_file()]
+    out = header("threads", "path", "layers run", "tokens run", "s per 640 texts", "texts/s", "speed-up", "GFLOP/s", "of matmul limit")
+    for data in runs:
+        limit = data["matmul_gflops_per_second"]
+        for name, r in data["paths"].items():
+            out.append(
+                row(
+                    data["threads"], BODY_SPEED_LABELS.get(name, name), r["layers_run"], r["tokens_run"], f"{r['seconds']:.2f}",
+                    f"{r['texts_per_second']:.0f}", f"{r['speedup_vs_whole_padded']:.1f}×", f"{r['gflops_per_second']:.1f}",
+                    f"{100 * r['gflops_per_second'] / limit:.0f} %",
+                )
+            )  # fmt: skip
+    out.append("")
+    for data in runs:
+        cli = data.get("meta_train_top2")
+        implied = f"{data['steps_per_30min_top2_from_forward_backward']:.0f} from the `--train-layers 2` forward + backward alone"
+        steps = f"{cli['steps_per_30min']:.0f} ({cli['step_seconds']:.2f} s per step, median of `meta-train`'s own step times); {implied}" if cli else implied
+        load_avg = data["load_average_1min"]
+        out.append(
+            f"{data['threads']} thread(s): torch {data['torch']}, {data['cpu_count']} CPUs, float32 matmul limit {data['matmul_gflops_per_second']:.1f} "
+            f"GFLOP/s, 1-minute load average {load_avg['start']:.1f} at the start and {load_avg['end']:.1f} at the end. "
+            f"64-way (5+5) outer steps per 30 minutes with `--train-layers 2`: {steps}."
+        )
+        out.append("")
+    return out[:-1]
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -581,6 +621,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "profile-step": ("speed.md", profile_step),
     "memory-inner-steps": ("speed.md", memory),
     "text-speed": ("speed.md", text_speed),
+    "body-speed": ("speed.md", body_speed),
     "gpu": ("gpu.md", gpu),
 }
 

@@ -2,11 +2,23 @@
 
 The classic frozen-encoder baseline (the "Baseline" of Chen et al. 2019 with a distance classifier;
 Snell et al. 2017's prototypes without episodic training): each label's centroid c_j is the mean of its
-support examples' features f(x) at θ, and an example goes to the nearest centroid in squared Euclidean
-distance. That is a linear head: −‖f − c_j‖² = 2 c_jᵀf − ‖c_j‖² − ‖f‖², and ‖f‖² is the same for every
-label, so w_j = 2 c_j, b_j = −‖c_j‖² (an L2-normalised body, as sentence encoders have, makes it the
-cosine-nearest centroid). The adapted model is an ordinary model with a linear head: adapt, export and
-predict treat it like any other.
+support examples' features f(x) at θ, and an example goes to the nearest centroid. That is a linear
+head (:mod:`metactl.heads`):
+
+- Euclidean: −‖f − c_j‖² = 2 c_jᵀf − ‖c_j‖² − ‖f‖², and ‖f‖² is the same for every label, so
+  w_j = 2 s c_j, b_j = −s‖c_j‖²;
+- cosine (the default on a body with unit-norm features, as sentence encoders have): s·cos(f, c_j),
+  w_j = s c_j/‖c_j‖, b_j = 0.
+
+Neither changes which label wins, but the temperature s decides the probabilities: scale-1 logits of
+unit vectors make a nearly flat softmax, which no confidence threshold can use. So by default
+(``temperature`` unset) the run fits s: after training the trainer calls
+:meth:`NearestCentroid.select_on_validation` with the run's validation classes (never its test classes),
+which builds the head on ``--shots`` support examples of every validation class at once, takes the
+other examples as queries over ``temperature_draws`` seeded draws (the probe's draws), and keeps the s
+minimising their mean negative log-likelihood. The choice is recorded in ``metactl.json``
+(``algorithm.config.temperature``, ``algorithm.selection``), and adapt, evaluate and export use it: the
+exported model carries s inside its head. The adapted model is an ordinary model with a linear head.
 
 Usage (the run is the pretrained initialization: there is no meta-training)::
 
@@ -16,60 +28,65 @@ Usage (the run is the pretrained initialization: there is no meta-training)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len
+from metactl.algorithms.probe import _draw_features, validation_draw, validation_picks
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch
+from metactl.calibration import expected_calibration_error
+from metactl.data.tensors import to_batch
+from metactl.heads import fit_temperature, fitted_head, fitted_head_metrics, prototype_head, resolve_cosine, scaled_nll
+
+FALLBACK_TEMPERATURE = 1.0  # a run that could not fit s (no validation classes), or one recorded before the fit
 
 
 @dataclass(frozen=True)
 class CentroidConfig:
-    pass
+    cosine: bool | None = None  # s·cos(f, c) head; None: meta-train's setup turns it on exactly when the body's features are unit-norm
+    temperature: float | None = None  # s; None: fitted on the validation classes (FALLBACK_TEMPERATURE without any)
+    temperature_draws: int = 3  # seeded draws of the all-validation-classes task the fit pools
+
+    def __post_init__(self) -> None:
+        if (self.temperature is not None and self.temperature <= 0) or self.temperature_draws < 1:
+            raise ValueError("temperature must be > 0 and temperature_draws >= 1")
 
 
 def centroid_head(feats: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """(weight, bias) of the linear head that picks the nearest class mean of ``feats``."""
-    onehot = F.one_hot(y, num_classes).to(feats.dtype)
-    counts = onehot.sum(0).clamp(min=1)
-    centroids = (onehot.T @ feats) / counts[:, None]
-    return 2 * centroids, -centroids.pow(2).sum(-1)
+    """(weight, bias) of the linear head that picks the nearest class mean of ``feats`` (Euclidean, s = 1)."""
+    return prototype_head(feats, y, num_classes, cosine=False)
 
 
-def fitted_head(learner: Learner, params: Params, x: Inputs, y: Tensor, fit: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]) -> Params:
-    """``params`` with the head ``fit(features, labels, num_classes)`` gives on the support set (x, y)
-    at ``params`` (features without a graph: a closed-form head, nothing differentiated through it)."""
-    w_name, b_name = learner.head
-    with torch.no_grad():
-        w, b = fit(learner.features(params, x, ref=inputs_len(x)), y, params[w_name].shape[0])
-    return {**params, w_name: w.to(params[w_name].dtype), b_name: b.to(params[b_name].dtype)}
-
-
-def fitted_head_metrics(learner: Learner, batch: TaskBatch, fit: Callable[[Learner, Params, Inputs, Tensor], Params]) -> dict[str, float]:
-    """Mean query loss and metric when each task's head is ``fit`` on its support set at θ (no gradient):
-    what a baseline with nothing to meta-learn reports as its training metrics."""
-    loss = metric = 0.0
+def validation_logits(learner: Learner, pool: Any, classes: list[int], shots: int, seed: int, draws: int, cosine: bool) -> tuple[Tensor, Tensor]:
+    """Scale-1 query logits and labels of ``draws`` all-classes tasks on the validation ``pool`` (the probe's draws), pooled."""
+    device = next(iter(learner.params.values())).device
     theta = {k: v.detach() for k, v in learner.params.items()}
-    for i in range(len(batch)):
-        sx, sy, qx, qy = batch.task(i)
-        phi = fit(learner, theta, sx, sy)
-        with torch.no_grad():
-            n = inputs_len(sx)
-            out = learner.head_forward(phi, learner.features(phi, cat_inputs([sx, qx]), ref=n)[n:])
-            loss += float(learner.loss(out, qy))
-            metric += learner.metric(out, qy)
-    return {"loss": loss / len(batch), "metric": metric / len(batch)}
+    logits, labels = [], []
+    for d in range(draws):
+        picks = validation_picks([pool.count(c) for c in classes], shots, seed, d)
+        sx, sy, qx, qy = to_batch(validation_draw(pool, classes, picks), device).task(0)
+        sf, qf = _draw_features(learner, theta, sx, qx)
+        w, b = prototype_head(sf, sy, len(classes), cosine)
+        logits.append(F.linear(qf, w, b).double().cpu())
+        labels.append(qy.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _ece(logits: Tensor, y: Tensor, s: float) -> float:
+    probs = (s * logits).softmax(-1).numpy()
+    return expected_calibration_error(probs.max(-1), probs.argmax(-1) == y.numpy())
 
 
 class NearestCentroid(AlgorithmBase):
-    """Baseline: nearest class centroid on the body's features (no meta-training)."""
+    """Baseline: nearest class centroid on the body's features (no meta-training), its temperature fitted on validation."""
 
     name: ClassVar[str] = "centroid"
-    description: ClassVar[str] = "Baseline: nearest class centroid on the (frozen) body's features, no meta-training"
+    description: ClassVar[str] = "Baseline: nearest class centroid on the (frozen) body's features, temperature fitted on validation, no meta-training"
     Config: ClassVar[type] = CentroidConfig
     meta_learns: ClassVar[bool] = False
     task_parallel: ClassVar[bool] = True
@@ -77,8 +94,18 @@ class NearestCentroid(AlgorithmBase):
     def __init__(self, config: CentroidConfig, train: Any) -> None:
         super().__init__(config, train)
 
+    def setup(self, learner: Learner, info: SetupInfo) -> None:
+        """Resolve ``cosine`` for this body (recorded in the run)."""
+        self.config = dataclasses.replace(self.config, cosine=resolve_cosine(self.config.cosine, learner, self.name))
+
+    @property
+    def temperature(self) -> float:
+        """The s in use: the given or fitted one, else :data:`FALLBACK_TEMPERATURE`."""
+        return self.config.temperature if self.config.temperature is not None else FALLBACK_TEMPERATURE
+
     def _head(self, learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-        return fitted_head(learner, params, x, y, centroid_head)
+        cosine, s = bool(self.config.cosine), self.temperature
+        return fitted_head(learner, params, x, y, lambda f, t, n: prototype_head(f, t, n, cosine, s))
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the centroid head (logged); no gradient: nothing is meta-learned."""
@@ -89,3 +116,24 @@ class NearestCentroid(AlgorithmBase):
         theta = {k: v.detach() for k, v in learner.params.items()}
         fitted = self._head(learner, theta, x, y)
         return [dict(theta)] + [dict(fitted) for _ in range(steps)]
+
+    def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
+        """Fit s (when ``temperature`` is unset) on the validation ``pool``: every class with more than ``shots``
+        examples at once, ``shots`` support examples each and the rest as queries, ``temperature_draws``
+        seeded draws pooled; s minimises the queries' mean NLL. Sets ``config.temperature``; returns the
+        choice, the NLL and ECE at s = 1 and at s ({} when ``temperature`` was given or there is nothing to fit on)."""
+        cfg = self.config
+        classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
+        if cfg.temperature is not None or len(classes) < 2:
+            return {}
+        z, y = validation_logits(learner, pool, classes, shots, seed, cfg.temperature_draws, bool(cfg.cosine))
+        s = fit_temperature(z, y)
+        self.config = dataclasses.replace(cfg, temperature=s)
+        return {
+            "temperature": s,
+            "validation_nll": {"1": scaled_nll(z, y, 0.0), "fitted": scaled_nll(z, y, float(np.log(s)))},
+            "validation_ece": {"1": _ece(z, y, 1.0), "fitted": _ece(z, y, s)},
+            "classes": len(classes),
+            "shots": shots,
+            "draws": cfg.temperature_draws,
+        }

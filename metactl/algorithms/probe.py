@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.algorithms.centroid import fitted_head, fitted_head_metrics
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 from metactl.data.episodes import EpisodeBatch
 from metactl.data.tensors import to_batch
+from metactl.heads import fitted_head, fitted_head_metrics
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 FALLBACK_C = 1.0  # scikit-learn's default: a run that could not choose (no validation classes), or a snapshot taken before the choice

@@ -4,11 +4,20 @@ Triantafillou et al., "Meta-Dataset: A Dataset of Datasets for Learning to Learn
 ICLR 2020, Sec. 4, https://arxiv.org/abs/1903.03096.
 
 For each task: p_c = mean support feature of class c at θ (the body's features, support statistics),
-the head becomes the nearest-prototype head w_c = 2 p_c, b_c = −‖p_c‖² (``centroid.centroid_head``),
-and ϕ₀ = θ with that head. Then the MAML inner steps with the learned per-layer α on every adapted
+the head becomes the prototype head (:mod:`metactl.heads`), and ϕ₀ = θ with that head:
+
+- cosine (the default on a body with unit-norm features, e.g. a normalised sentence encoder):
+  logits s·cos(f, p_c), i.e. w_c = s p_c/‖p_c‖, b_c = 0, with log s meta-learned (``learn_temperature``;
+  initial s = ``temperature``). Scale-1 dot products of unit vectors give a nearly flat softmax whose
+  loss keeps asking the body for more spread; s lets the loss saturate instead. The learned s is kept
+  in the run (``theta.safetensors``) and used by adapt, evaluate and export (it sits inside w);
+- Euclidean (any other body, e.g. Conv-4, whose features are not unit-norm): the nearest-prototype
+  head w_c = 2 p_c, b_c = −‖p_c‖².
+
+ Then the MAML inner steps with the learned per-layer α on every adapted
 entry, head included: ϕₖ₊₁ = ϕₖ − α ∇ϕ L_support(ϕₖ). The outer loss (1/B) Σᵢ L_query(ϕᵢ) is
 differentiated w.r.t. θ and α through the inner steps *and* through the prototypes (they depend on
-the body / LoRA entries of θ).
+the body / LoRA entries of θ) and log s.
 
 - Second order (default): the inner gradients keep their graph (Hessian terms), as in MAML.
 - ``first_order``: the inner gradients gₖ are constants (∂ϕ_K/∂ϕ₀ = I, ∂ϕ_K/∂α = −Σₖ gₖ), but the
@@ -28,29 +37,38 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from metactl.algorithms.centroid import centroid_head
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, inputs_len
 from metactl.errors import MetactlError
+from metactl.heads import add_log_temperature, prototype_head, resolve_cosine, temperature
 from metactl.inner import adapt_trajectory, inner_step
 
 
 @dataclass(frozen=True)
 class ProtoMAMLConfig:
     first_order: bool = False  # constant inner gradients; the prototypes still depend on θ (see the module docstring)
+    cosine: bool | None = None  # s·cos(f, p) head; None: meta-train's setup turns it on exactly when the body's features are unit-norm
+    temperature: float = 10.0  # s of the cosine head: its initial value when learned
+    learn_temperature: bool = True  # meta-learn log s (cosine head only)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
 
 
-def prototype_init(learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-    """``params`` with the head replaced by the nearest-prototype head of the support set (x, y) at ``params``.
-    Differentiable: the head depends on the body's entries of ``params``."""
+def prototype_init(learner: Learner, params: Params, x: Inputs, y: Tensor, cosine: bool = False, scale: Tensor | float = 1.0) -> Params:
+    """``params`` with the head replaced by the prototype head (cosine or Euclidean, temperature ``scale``)
+    of the support set (x, y) at ``params``. Differentiable: the head depends on the body's entries of
+    ``params`` and on ``scale``."""
     feats = learner.features(params, x, ref=inputs_len(x))
     wname, bname = learner.head
-    w, b = centroid_head(feats, y, params[wname].shape[0])
+    w, b = prototype_head(feats, y, params[wname].shape[0], cosine, scale)
     head = {wname: w.to(params[wname].dtype), bname: b.to(params[bname].dtype)}
     if torch.is_grad_enabled():  # a frozen body (--adapt head) gives a constant head: the inner loop still differentiates it
         head = {k: v if v.requires_grad else v.requires_grad_(True) for k, v in head.items()}
@@ -79,8 +97,18 @@ class ProtoMAML(AlgorithmBase):
         self.inner_steps = int(train.inner_steps)
 
     def setup(self, learner: Learner, info: SetupInfo) -> None:
+        """Check the task, resolve ``cosine`` for this body (recorded in the run) and add log s when it is learned."""
         if learner.task != "classification":
             raise MetactlError(f"protomaml needs a classification task, not {learner.task}.", "Use --algo maml for regression.")
+        self.config = dataclasses.replace(self.config, cosine=resolve_cosine(self.config.cosine, learner, self.name))
+        if self.config.cosine and self.config.learn_temperature:
+            add_log_temperature(learner, self.config.temperature)
+
+    def head_of(self, learner: Learner) -> tuple[bool, Tensor | float]:
+        """(cosine?, s): the learned s where ``learner.extra`` holds log s, else ``temperature``; 1 for the Euclidean head.
+        ``cosine`` unresolved (None: no ``setup``, or a run recorded before the cosine head) is the Euclidean head."""
+        cosine = bool(self.config.cosine)
+        return cosine, temperature(learner, self.config.temperature) if cosine else 1.0
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         b = len(batch)
@@ -88,7 +116,7 @@ class ProtoMAML(AlgorithmBase):
         total_loss = total_metric = 0.0
         for i in range(b):
             sx, sy, qx, qy = batch.task(i)
-            phi = prototype_init(learner, learner.params, sx, sy)
+            phi = prototype_init(learner, learner.params, sx, sy, *self.head_of(learner))  # s per task: each backward frees its graph
             for k in range(self.inner_steps):
                 phi = inner_step(learner, phi, sx, sy, second_order=True, step=k)[0] if second_order else _first_order_step(learner, phi, sx, sy, k)
             out = learner.predict_query(phi, sx, qx)
@@ -101,5 +129,5 @@ class ProtoMAML(AlgorithmBase):
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the prototype head (step 0), then ``steps`` first-order inner steps from it (detached)."""
         with torch.no_grad():
-            start = prototype_init(learner.replace(precision="fp32"), {k: v.detach() for k, v in learner.params.items()}, x, y)
+            start = prototype_init(learner.replace(precision="fp32"), {k: v.detach() for k, v in learner.params.items()}, x, y, *self.head_of(learner))
         return adapt_trajectory(learner.replace(params=start), x, y, steps)

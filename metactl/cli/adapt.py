@@ -20,17 +20,22 @@ def adapt(
         help="Labeled examples: images: one subfolder per label; text: <label>/*.txt, <label>.txt (one per line) or FILE.csv|.tsv|.jsonl (text, label).",
     ),
     from_: Path = typer.Option(None, "--from", help="Run dir. [default: newest under ./runs]"),
-    steps: int = typer.Option(None, help="Inner steps. [default: the run's test-inner-steps]"),
+    steps: int = typer.Option(None, help="Inner steps. [default: the run's adapt_steps, chosen on validation among 0..test-inner-steps]"),
     query: Path = typer.Option(None, "--query", help="Labeled folder to measure accuracy on. [default: none]"),
     out: Path = typer.Option(Path("adapted"), "--out", help="Where to write the adapted model."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (where the inner loop runs; the model is saved for CPU serving)."),
+    label_names: bool = typer.Option(
+        None, "--label-names/--no-label-names", help="Text: each label's name, made readable, is one more support example. [default: as the run trained]"
+    ),
 ) -> None:
     """Adapt a meta-trained run to your examples with its learned per-layer learning rates."""
     from metactl.library import adapt as run_adapt
 
-    result = run_adapt(support, from_, out=out, steps=steps, query=query, force=force, device=device, quiet=json_out, command=command_line())
+    result = run_adapt(
+        support, from_, out=out, steps=steps, query=query, force=force, device=device, quiet=json_out, command=command_line(), label_names=label_names
+    )
     m = result.metrics
     summary = {
         "out": str(result.path), "labels": result.labels, "support_losses": m["support_losses"],

@@ -54,6 +54,9 @@ def evaluate(
         help="Every held-out class in each episode (text data): --shots support texts per class from the train split, "
         "the whole test split as queries; --episodes draws.",
     ),
+    label_names: bool = typer.Option(
+        None, "--label-names/--no-label-names", help="--all-classes, text: each intent's readable name is one more support text. [default: as the run trained]"
+    ),
     by_domain: bool = typer.Option(DEFAULT.by_domain, "--by-domain", help="--protocol domains: each episode is every intent of one test domain (15-way)."),
     split: str = typer.Option(DEFAULT.split, help="test: the held-out classes | val: the run's own validation classes (to choose a setting, e.g. --inner-lr)."),
     inner_lr: float = typer.Option(None, help="Fine-tune at this inner learning rate for every adapted tensor. [default: the run's α]"),
@@ -72,7 +75,7 @@ def evaluate(
         _check_run_dir(run, positional=i >= len(named) and bool(more))
     result = run_evaluate(
         run_dirs, data=data, protocol=protocol, ways=ways, shots=shots, query_shots=query_shots, episodes=episodes, steps=steps,
-        seed=seed, split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, device=device, json=json_file,
+        seed=seed, split=split, inner_lr=inner_lr, all_classes=all_classes, by_domain=by_domain, device=device, json=json_file, label_names=label_names,
         plot=plot, force=force, command=command_line(),
     )  # fmt: skip
     results = [r.to_dict() for r in result.runs]
@@ -91,6 +94,9 @@ def evaluate(
         table.add_row(escape(Path(r["run"]).name), escape(r["algorithm"]), *cells)
     console.print(table)
     for r in results:
+        if r.get("ece"):
+            ece = "  ".join(f"step {c['step']}: {c['mean']:.3f}" for c in r["ece"])
+            console.print(f"{escape(Path(r['run']).name)}: expected calibration error (15 bins, top probability) {ece}")
         if r.get("head") == "zero-initialised":
             console.print(f"[dim]{escape(Path(r['run']).name)}: trained with another N, so its head starts at zero (as metactl adapt does).[/]")
     if json_file:

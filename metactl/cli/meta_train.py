@@ -38,6 +38,15 @@ def meta_train(
     lora_rank: int = typer.Option(None, help="Rank of the LoRA adapters (--adapt lora). [default: 8]"),
     train_body: bool = typer.Option(None, "--train-body/--no-train-body", help="Let the outer loop update the pretrained body too. [default: off]"),
     body_lr: float = typer.Option(None, help="Outer learning rate of the pretrained body (--train-body). [default: --meta-lr]"),
+    train_layers: int = typer.Option(None, help="Text: train only the top K layers (1..depth; implies --train-body); lower ones run once. [default: all]"),
+    body_warmup: int = typer.Option(None, help="Outer steps of linear warmup of the body's learning rate (--train-body). [default: 0, none]"),
+    body_l2sp: float = typer.Option(None, "--body-l2sp", help="L2-SP: pull the trained body toward its pretrained weights, λ/2·‖θ−θ⁰‖². [default: 0, off]"),
+    clip_grad: float = typer.Option(None, help="Clip the outer gradient's global norm to this. [default: none]"),
+    keep_best: bool = typer.Option(None, "--keep-best/--no-keep-best", help="The θ best on validation becomes the run's θ. [default: keep]"),
+    val_all_classes: bool = typer.Option(
+        None, "--val-all-classes/--no-val-all-classes", help="Text: validate on all validation intents at once. [default: no]"
+    ),
+    label_names: bool = typer.Option(None, "--label-names/--no-label-names", help="Text: each readable class name is one more support example. [default: no]"),
     max_length: int = typer.Option(None, help="Text: tokens per example; longer texts are truncated. [default: 64]"),
     ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
     shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),

@@ -108,13 +108,19 @@ def _own_or_given(meta: dict[str, Any], data: str | None, protocol: str | None, 
     return src, arg
 
 
-def all_classes_sampler(meta: dict[str, Any], data: str | None, shots: int, protocol: str | None = None, split: str = "test") -> Any:
+def all_classes_sampler(meta: dict[str, Any], data: str | None, shots: int, protocol: str | None = None, split: str = "test", label_names: bool = False) -> Any:
     """Every held-out class in each episode (``metactl evaluate --all-classes``): for ``intents:`` the
     test intents with support drawn from their ``train`` split and their whole ``test`` split as
     queries (see :class:`metactl.data.text.AllClassesEpisodes`); ``split="val"``: the run's validation
-    classes. Draw ``d`` is a function of the seed and ``d`` only."""
+    classes. Draw ``d`` is a function of the seed and ``d`` only. ``label_names``: each class's readable
+    name is one more support text of every draw (text runs)."""
     src, arg = _own_or_given(meta, data, protocol, split, "--all-classes")
-    return src.all_classes(meta, arg, shots, protocol, split)  # type: ignore[attr-defined]
+    sampler = src.all_classes(meta, arg, shots, protocol, split)  # type: ignore[attr-defined]
+    if label_names:
+        from metactl.data.text import named_all_classes  # the [text] extra (tokenizers)
+
+        sampler = named_all_classes(sampler, meta)
+    return sampler
 
 
 def domain_sampler(meta: dict[str, Any], data: str | None, shots: int, queries: int, protocol: str | None = None, split: str = "test") -> Any:

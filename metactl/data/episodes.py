@@ -91,8 +91,10 @@ def _concatenate(xs: list[Any]) -> Any:
 
 
 def _pad_cat(arrays: list[np.ndarray]) -> np.ndarray:
-    width = max(a.shape[-1] for a in arrays)
-    return np.concatenate([np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]) for a in arrays])
+    """Arrays concatenated on axis 0, each first padded with 0 on every later axis to the largest size
+    (token ids (B, M, L); cached hidden states (B, M, L, D))."""
+    shape = [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
+    return np.concatenate([np.pad(a, [(0, 0)] + [(0, w - n) for w, n in zip(shape, a.shape[1:], strict=True)]) for a in arrays])
 
 
 def training_tasks(sampler: Sampler, seed: int, step: int, indices: range, stream: int = 0) -> EpisodeBatch:
@@ -143,6 +145,11 @@ class ClassificationEpisodes:
     def precompute(self, fn: Callable[[Examples], Any], batch_size: int = 256, progress: Callable[[int, int], None] | None = None) -> None:
         """From now on episodes hold ``{"features": fn(examples)}``, computed once per example (text pools)."""
         self.pool.precompute(fn, batch_size, progress)
+
+    def precompute_hidden(self, fn: Callable[[Examples], Any], tag: int, batch_size: int = 128, progress: Callable[[int, int], None] | None = None) -> None:
+        """From now on episodes hold the texts' cached lower-layer hidden states (``--train-layers``, text pools:
+        :meth:`metactl.data.text.TextPool.precompute_hidden`)."""
+        self.pool.precompute_hidden(fn, tag, batch_size, progress)
 
     def classes(self, rng: np.random.Generator) -> np.ndarray:
         """One episode's classes (pool indices): ``ways`` of the eligible ones, drawn without replacement."""

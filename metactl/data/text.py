@@ -52,11 +52,13 @@ from tokenizers import Tokenizer
 
 from metactl.backbones import Backbone, backbone_pooling, resolve_backbone, text_classifier_spec
 from metactl.data.episodes import ClassificationEpisodes, EpisodeBatch, split_classes
+from metactl.data.label_names import label_texts
 from metactl.data.sources import TaskData
 from metactl.data.text_files import FORMATS_HINT, read_labeled_text_files, read_lines, read_table
 from metactl.data.tokens import encode_rows as _encode
 from metactl.data.tokens import load_tokenizer, pad, tokenize
 from metactl.errors import MetactlError
+from metactl.hidden import check_train_layers, pad_hidden
 
 Progress = Callable[[int, int], None]
 Texts = dict[str, list[str]]  # label -> its texts, in reading order
@@ -294,7 +296,12 @@ def text_model_spec(cfg: Any) -> dict[str, Any]:
     """The ``text-classifier`` spec for ``cfg`` (a TrainConfig with ``backbone`` set): see
     :func:`metactl.backbones.text_classifier_spec` (``backbone_source`` too when it names a hub id)."""
     found = _backbone(cfg.backbone, cfg.data)
-    return text_classifier_spec(found, cfg.ways, cfg.adapt, cfg.lora_rank, cfg.train_body, cfg.max_length)
+    spec = text_classifier_spec(found, cfg.ways, cfg.adapt, cfg.lora_rank, cfg.train_body, cfg.max_length)
+    k = getattr(cfg, "train_layers", None)
+    if k is not None:  # the top K layers train: checked against the encoder's depth before any run folder exists
+        check_train_layers(k, found.folder)
+        spec["train_layers"] = int(k)
+    return spec
 
 
 # --- pools and episodes -------------------------------------------------------------------------
@@ -310,6 +317,8 @@ class TextPool:
     def __init__(self, labels: list[str], rows: list[list[np.ndarray]], truncated: int = 0) -> None:
         self.labels, self.rows, self.truncated = labels, rows, truncated
         self.features: list[np.ndarray] | None = None
+        self.hidden: list[list[np.ndarray]] | None = None  # --train-layers: per class, each text's cached (tokens, D) lower-layer states
+        self.hidden_tag = 0  # the body that computed them (metactl.hidden.body_tag)
 
     @classmethod
     def from_texts(cls, texts: Texts, tokenizer: Tokenizer, max_length: int) -> TextPool:
@@ -340,6 +349,8 @@ class TextPool:
         if self.features is not None:
             feats = self.features
             return {"features": np.concatenate([feats[c][idx] for c, idx in picks])}
+        if self.hidden is not None:
+            return pad_hidden([self.hidden[c][int(i)] for c, idx in picks for i in idx], self.hidden_tag)
         return pad([self.rows[c][int(i)] for c, idx in picks for i in idx])
 
     def get(self, c: int) -> Arrays:
@@ -349,13 +360,37 @@ class TextPool:
         pool = TextPool([self.labels[i] for i in ids], [self.rows[i] for i in ids])
         if self.features is not None:
             pool.features = [self.features[i] for i in ids]
+        if self.hidden is not None:
+            pool.hidden, pool.hidden_tag = [self.hidden[i] for i in ids], self.hidden_tag
         return pool
+
+    def _by_length(self) -> list[tuple[int, int]]:
+        return sorted(((c, i) for c in range(self.num_classes) for i in range(self.count(c))), key=lambda ci: len(self.rows[ci[0]][ci[1]]))
+
+    def precompute_hidden(self, fn: Callable[[Arrays], Any], tag: int, batch_size: int = 128, progress: Progress | None = None) -> None:
+        """Cache each text's frozen lower-layer hidden states (``--train-layers``): ``fn`` maps padded
+        ``{"input_ids", "attention_mask"}`` (n, L) to (n, L, D); each text keeps its own unpadded rows,
+        computed once, ``batch_size`` texts at a time in order of length. From now on :meth:`take` gives
+        ``{"hidden", "attention_mask", "body"}`` (:func:`metactl.hidden.pad_hidden`), tagged ``tag``.
+        A pool whose states carry ``tag`` already is left as it is."""
+        if self.hidden is not None and self.hidden_tag == tag:
+            return
+        order = self._by_length()
+        hidden: list[list[np.ndarray]] = [[np.empty((0, 0), np.float32)] * self.count(c) for c in range(self.num_classes)]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out = np.asarray(fn(pad([self.rows[c][i] for c, i in chunk])), dtype=np.float32)
+            for (c, i), row in zip(chunk, out, strict=True):
+                hidden[c][i] = row[: len(self.rows[c][i])].copy()
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order))
+        self.hidden, self.hidden_tag = hidden, tag
 
     def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
         """Replace every text by ``fn`` of its tokens (a float32 row), computed once, ``batch_size``
         texts at a time, in order of length (little padding). ``fn`` maps ``{"input_ids",
         "attention_mask"}`` (n, L) to an (n, D) array."""
-        order = sorted(((c, i) for c in range(self.num_classes) for i in range(self.count(c))), key=lambda ci: len(self.rows[ci[0]][ci[1]]))
+        order = self._by_length()
         feats: list[np.ndarray | None] = [None] * self.num_classes
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -412,7 +447,7 @@ class AllClassesEpisodes:
 
     query_chunk: ClassVar[int] = 256
 
-    def __init__(self, support: TextPool, query: TextPool | None, shots: int, what: str = "evaluation") -> None:
+    def __init__(self, support: TextPool, query: TextPool | None, shots: int, what: str = "evaluation", names: TextPool | None = None) -> None:
         if shots < 1:
             raise MetactlError(f"--shots must be >= 1 (got {shots}).", "Pass a positive number of support texts per class.")
         need = shots + (0 if query is not None else 1)
@@ -429,6 +464,7 @@ class AllClassesEpisodes:
                 raise MetactlError(f"The {what} test texts have intents with no training texts: {', '.join(unknown[:3])}.", "Check the dataset files.")
             self.query_labels = np.array([index[label] for label in query.labels], dtype=np.int64)
         self.support, self.query, self.shots, self.what = support, query, shots, what
+        self.names = names  # --label-names: one text per class of ``support``, its readable name, added to every draw's support
         self.ways = support.num_classes
         self._fn: Callable[[Arrays], Any] | None = None
         self._cache: dict[tuple[int, int], np.ndarray] = {}
@@ -444,12 +480,21 @@ class AllClassesEpisodes:
         """From now on draws hold ``{"features": fn(tokens)}`` (an (n, D) float32 array per text)."""
         self._fn = fn
         (self.query or self.support).precompute(fn, batch_size, progress)
+        if self.names is not None:
+            self.names.precompute(fn, batch_size)
+        self._queries = None
+
+    def precompute_hidden(self, fn: Callable[[Arrays], Any], tag: int, batch_size: int = 128, progress: Progress | None = None) -> None:
+        """From now on draws hold cached lower-layer hidden states (:meth:`TextPool.precompute_hidden`)."""
+        for pool in (self.support, self.query, self.names):
+            if pool is not None:
+                pool.precompute_hidden(fn, tag, batch_size, progress)
         self._queries = None
 
     def with_shots(self, shots: int) -> AllClassesEpisodes:
         """The same classes and queries with ``shots`` support texts per class, sharing the texts'
         features computed so far (a benchmark scores K = 1, 5, 10 on one pass over the test split)."""
-        other = AllClassesEpisodes(self.support, self.query, shots, self.what)
+        other = AllClassesEpisodes(self.support, self.query, shots, self.what, self.names)
         other._fn, other._cache, other._queries = self._fn, self._cache, self._queries
         return other
 
@@ -485,10 +530,95 @@ class AllClassesEpisodes:
     def draw(self, seed: int, d: int) -> EpisodeBatch:
         """Draw ``d`` as an episode batch of one task: support (1, N*K, ...), class-major; queries (1, Q, ...)."""
         picks = self.picks(seed, d)
-        sx = self._support_x(picks)
+        sx = {k: v[None] for k, v in self._support_x(picks).items()}
         qx, qy = self._query_xy(picks)
-        sy = np.repeat(np.arange(self.ways), self.shots).astype(np.int64)
-        return EpisodeBatch({k: v[None] for k, v in sx.items()}, sy[None], {k: v[None] for k, v in qx.items()}, qy[None], np.arange(self.ways)[None])
+        shots = self.shots
+        if self.names is not None:  # each class's name after its K texts
+            sx, shots = with_names(sx, self.names.take([(c, np.array([0])) for c in range(self.ways)]), 1, self.ways, shots), shots + 1
+        sy = np.repeat(np.arange(self.ways), shots).astype(np.int64)
+        return EpisodeBatch(sx, sy[None], {k: v[None] for k, v in qx.items()}, qy[None], np.arange(self.ways)[None])
+
+
+# --- label names as extra support (--label-names) -------------------------------------------------
+
+
+def names_pool(labels: list[str], tokenizer: Tokenizer, max_length: int) -> TextPool:
+    """One text per label, its readable name (:mod:`metactl.data.label_names`), in the order of ``labels``."""
+    return TextPool.from_texts(dict(zip(labels, ([n] for n in label_texts(labels)), strict=True)), tokenizer, max_length)
+
+
+def with_names(support: Arrays, names: Arrays, tasks: int, ways: int, shots: int) -> Arrays:
+    """Support arrays (tasks, ways * shots, ...) class-major, with each class's name (``names``: (tasks * ways,
+    ...)) after its ``shots`` examples: (tasks, ways * (shots + 1), ...). Token arrays of different lengths
+    are padded with 0 to the longer (padding under a zero attention mask)."""
+    out = {}
+    for key, v in support.items():
+        a, b = v.reshape(tasks, ways, shots, *v.shape[2:]), names[key].reshape(tasks, ways, 1, *names[key].shape[1:])
+        width = [max(x, y) for x, y in zip(a.shape[3:], b.shape[3:], strict=True)]
+        a, b = (np.pad(x, [(0, 0)] * 3 + [(0, w - d) for w, d in zip(width, x.shape[3:], strict=True)]) for x in (a, b))
+        out[key] = np.concatenate([a, b], axis=2).reshape(tasks, ways * (shots + 1), *width)
+    return out
+
+
+class NamedEpisodes(ClassificationEpisodes):
+    """:class:`ClassificationEpisodes` whose support holds, after each class's K texts, its readable name
+    (``--label-names``): K + 1 support examples per class, class-major. The texts drawn are those of the
+    plain sampler (the same random calls), so a run with names sees the same texts as one without."""
+
+    def __init__(self, pool: TextPool, ways: int, shots: int, queries: int, names: TextPool, what: str = "training") -> None:
+        super().__init__(pool, ways, shots, queries, what)
+        self.names = names
+
+    def precompute(self, fn: Callable[[Arrays], Any], batch_size: int = 256, progress: Progress | None = None) -> None:
+        super().precompute(fn, batch_size, progress)
+        self.names.precompute(fn, batch_size)
+
+    def precompute_hidden(self, fn: Callable[[Arrays], Any], tag: int, batch_size: int = 128, progress: Progress | None = None) -> None:
+        super().precompute_hidden(fn, tag, batch_size, progress)
+        self.names.precompute_hidden(fn, tag, batch_size)
+
+    def sample(self, rng: np.random.Generator, tasks: int) -> EpisodeBatch:
+        b = super().sample(rng, tasks)
+        assert b.classes is not None and isinstance(b.support_x, dict)
+        names = self.names.take([(int(c), np.array([0])) for c in b.classes.reshape(-1)])
+        k = self.shots + 1
+        sy = np.broadcast_to(np.repeat(np.arange(self.ways), k), (tasks, self.ways * k)).astype(np.int64)
+        return EpisodeBatch(with_names(b.support_x, names, tasks, self.ways, self.shots), sy, b.query_x, b.query_y, b.classes)
+
+
+def text_episodes(cfg: Any, train: TextPool, val: TextPool, tokenizer: Tokenizer) -> tuple[ClassificationEpisodes, ClassificationEpisodes]:
+    """The training and validation samplers of a text source: with ``cfg.label_names`` each class's name
+    is one more support example (every label checked first: one without a word is an error)."""
+    if not cfg.label_names:
+        return (
+            ClassificationEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
+            ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+        )
+    label_texts([*train.labels, *val.labels])
+    return (
+        NamedEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots, names_pool(train.labels, tokenizer, cfg.max_length)),
+        NamedEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, names_pool(val.labels, tokenizer, cfg.max_length), "validation"),
+    )
+
+
+def named_all_classes(sampler: Any, meta: dict[str, Any]) -> AllClassesEpisodes:
+    """An all-classes sampler of a text run with each class's readable name added to every draw's support
+    (``metactl evaluate --all-classes --label-names``); the texts drawn are the same as without names."""
+    if not isinstance(sampler, AllClassesEpisodes):
+        raise MetactlError("--label-names adds each intent's name to the support: text runs only.", "Drop --label-names.")
+    tok, length = _text_run(meta, "--label-names")
+    names = names_pool(sampler.support.labels, tok, length)
+    return AllClassesEpisodes(sampler.support, sampler.query, sampler.shots, sampler.what, names)
+
+
+def all_classes_validation(sampler: Any, shots: int) -> AllClassesEpisodes:
+    """Every class of a text validation sampler at once (``--val-all-classes``): draws of ``shots`` support
+    texts per class, the rest its queries, as ``metactl evaluate --all-classes --split val`` draws them;
+    with the sampler's label names (:class:`NamedEpisodes`) added to each draw's support."""
+    pool = getattr(sampler, "pool", None)
+    if not isinstance(pool, TextPool):
+        raise MetactlError("--val-all-classes validates on every validation class of text data at once.", "Use it with intents:DIR or text:PATH data.")
+    return AllClassesEpisodes(pool, None, shots, "validation", sampler.names if isinstance(sampler, NamedEpisodes) else None)
 
 
 # --- the sources --------------------------------------------------------------------------------
@@ -526,6 +656,7 @@ class Intents:
         parts = protocol_texts(found, protocol, cfg.val_classes, cfg.seed, cfg.ways)
         tok = load_tokenizer(tok_file, cfg.max_length)
         train, val = (TextPool.from_texts(parts[p], tok, cfg.max_length) for p in ("train", "val"))
+        train_episodes, val_episodes = text_episodes(cfg, train, val, tok)
         intents, texts = _counts(parts)
         test = list(TEST_DOMAINS) if protocol == "domains" else (f"all {protocol.removeprefix('unseen-')} intents" if protocol else "the validation intents")
         return TaskData(
@@ -540,8 +671,8 @@ class Intents:
                 "max_length": cfg.max_length,
                 "truncated": {"train": train.truncated, "val": val.truncated},
             },
-            train=ClassificationEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
-            val=ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            train=train_episodes,
+            val=val_episodes,
             model_spec=text_model_spec(cfg),
             preprocessing=text_preprocessing(tok_file, cfg.max_length),
             split={
@@ -625,7 +756,9 @@ class LabeledText:
         texts = read_labeled_texts(path, spec)
         labels = list(texts)
         train_ids, val_ids = split_classes(len(labels), cfg.val_classes, cfg.seed, cfg.ways)
-        pool = TextPool.from_texts(texts, load_tokenizer(tok_file, cfg.max_length), cfg.max_length)
+        tok = load_tokenizer(tok_file, cfg.max_length)
+        pool = TextPool.from_texts(texts, tok, cfg.max_length)
+        train_episodes, val_episodes = text_episodes(cfg, pool.subset(train_ids), pool.subset(val_ids), tok)
         return TaskData(
             kind="classification",
             spec={
@@ -636,8 +769,8 @@ class LabeledText:
                 "max_length": cfg.max_length,
                 "truncated": pool.truncated,
             },
-            train=ClassificationEpisodes(pool.subset(train_ids), cfg.ways, cfg.shots, cfg.query_shots),
-            val=ClassificationEpisodes(pool.subset(val_ids), cfg.ways, cfg.shots, cfg.query_shots, "validation"),
+            train=train_episodes,
+            val=val_episodes,
             model_spec=text_model_spec(cfg),
             preprocessing=text_preprocessing(tok_file, cfg.max_length),
             split={"train": [labels[i] for i in train_ids], "val": [labels[i] for i in val_ids]},
@@ -678,6 +811,7 @@ __all__ = [
     "DomainEpisodes",
     "Intents",
     "LabeledText",
+    "NamedEpisodes",
     "TextPool",
     "backbone_pooling",
     "evaluation_texts",

@@ -12,7 +12,11 @@ What the inner loop adapts, and so what θ holds, is ``adapt``:
 - ``all``: every weight (for small models).
 
 The body is frozen (``Learner.frozen``: in every forward pass, never in θ, α, the optimizer or the run
-dir) unless ``train_body``, which lets the outer loop update it (inner learning rate fixed at 0). The run
+dir) unless ``train_body``, which lets the outer loop update it (inner learning rate fixed at 0), or
+``train_layers`` K, which lets it update only the top K transformer layers (the embeddings and the lower
+layers stay frozen, so their hidden states can be cached once per text: :mod:`metactl.hidden`; the
+forward pass takes ``{"hidden", "attention_mask", "body"}`` and runs the top K layers only). Texts go
+through the body sorted by length, ``BUCKET`` at a time, each chunk padded only to its own longest. The run
 records the backbone's path and the sha256 of its weights (and, for a Hugging Face hub id, where it came
 from); :func:`metactl.backbones.recorded_backbone` finds and checks it, and a changed file is refused.
 Dropout is off: the inner loop is a deterministic function of θ.
@@ -41,6 +45,7 @@ from transformers.utils import logging as hf_logging
 from metactl.api import Params
 from metactl.backbones import Backbone, recorded_backbone, resolve_backbone, text_classifier_spec
 from metactl.errors import MetactlError
+from metactl.hidden import body_tag, check_tag
 from metactl.models import ModelBase
 
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # transformers' own deprecation, via peft
@@ -48,6 +53,7 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", cate
 WEIGHTS = "model.safetensors"
 LORA_TARGETS = r".*encoder\.layer\.\d+\..*\.(query|key|value|dense)$"  # every attention and feed-forward projection
 ADAPT_MODES = ("head", "lora", "all")
+BUCKET = 64  # texts per forward chunk: sorted by length, each chunk padded only to its own longest
 
 
 def _hidden_size(backbone: Backbone) -> int:
@@ -108,6 +114,48 @@ def pool(hidden: Tensor, mask: Tensor, mode: str) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def extended_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive attention mask a transformer layer takes: (n, 1, 1, L), 0 on tokens, the dtype's minimum on padding."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def run_layers(layers: Any, hidden: Tensor, mask: Tensor) -> Tensor:
+    """``hidden`` (n, L, D) through transformer ``layers`` in order under the attention ``mask`` (n, L)."""
+    ext = extended_mask(mask, hidden.dtype)
+    for layer in layers:
+        out = layer(hidden, ext)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def bucketed(fn: Any, mask: Tensor, *xs: Tensor, size: int = BUCKET) -> Tensor:
+    """``fn(*xs_chunk, mask_chunk)`` over chunks of ``size`` rows taken in order of length (the attention
+    mask's sum), each chunk cut to its own longest row; the rows' outputs back in their input order."""
+    lengths = mask.sum(-1)
+    n = int(lengths.shape[0])
+    if n <= size:
+        width = max(int(lengths.max()), 1) if n else 0
+        return fn(*(x[:, :width] for x in xs), mask[:, :width])
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for lo in range(0, n, size):
+        idx = order[lo : lo + size]
+        width = max(int(lengths[idx].max()), 1)
+        parts.append(fn(*(x[idx, :width] for x in xs), mask[idx, :width]))
+    return torch.cat(parts).index_select(0, torch.argsort(order))
+
+
+def _layer_list(encoder: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's transformer layers and their module path (BERT-style: ``encoder.layer``)."""
+    for name, module in encoder.named_modules():
+        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
+            return name, module
+    raise MetactlError(
+        "--train-layers needs a BERT-style encoder (embeddings, then encoder.layer); this backbone has another layout.",
+        "Use --train-body (every layer) with this backbone, or a BERT-style one such as all-MiniLM-L6-v2.",
+    )
+
+
 class TextClassifier(ModelBase):
     """Pretrained encoder + pooling (+ L2 normalisation) + linear head."""
 
@@ -130,6 +178,9 @@ class TextClassifier(ModelBase):
             encoder = get_peft_model(encoder, lora)
         model = cls(encoder, spec)
         model.folder = body.folder
+        k = model.train_layers()
+        if k is not None and not 1 <= k <= model.depth():
+            raise MetactlError(f"--train-layers {k}: the encoder has {model.depth()} layers.", f"Pass --train-layers between 1 and {model.depth()}.")
         return model
 
     def train(self, mode: bool = True) -> TextClassifier:
@@ -137,28 +188,83 @@ class TextClassifier(ModelBase):
         self.encoder.eval()  # dropout off: adaptation is a deterministic function of θ
         return self
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        f = pool(hidden, attention_mask, self.spec.get("pooling", "mean"))
+    def _sentence(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        f = pool(hidden, mask, self.spec.get("pooling", "mean"))
         return F.normalize(f, dim=-1) if self.spec.get("normalize") else f
 
+    def _encode_chunk(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self._sentence(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Sentence features of token ids: every layer, length-bucketed (:func:`bucketed`)."""
+        return bucketed(self._encode_chunk, attention_mask, input_ids)
+
+    def train_layers(self) -> int | None:
+        """K of ``--train-layers K`` (the top K layers train, the rest stay frozen), or None."""
+        k = self.spec.get("train_layers")
+        return int(k) if k is not None else None
+
+    def depth(self) -> int:
+        """The encoder's number of transformer layers."""
+        return len(_layer_list(self.encoder)[1])
+
+    def cached_layers(self) -> int:
+        """How many lower layers (after the embeddings) a hidden-state cache holds: L - K."""
+        k = self.train_layers()
+        return self.depth() - k if k is not None else 0
+
+    def body_tag(self) -> int:
+        """The tag of hidden states this model's frozen lower layers compute (:func:`metactl.hidden.body_tag`)."""
+        return body_tag(str(self.spec.get("backbone_sha256")), self.cached_layers(), int(self.spec.get("max_length", 64)))
+
+    def lower_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The hidden states (n, L, D) entering layer L - K: embeddings, then the frozen lower layers."""
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        return run_layers(_layer_list(self.encoder)[1][: self.cached_layers()], hidden, attention_mask)
+
+    def _top_chunk(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self._sentence(run_layers(_layer_list(self.encoder)[1][self.cached_layers() :], hidden, mask), mask)
+
+    def encode_hidden(self, hidden: Tensor, attention_mask: Tensor, body: Tensor | None) -> Tensor:
+        """Sentence features of cached lower-layer states: the top K layers, pooling and normalisation,
+        length-bucketed. Rows tagged by another body (``body``) are refused."""
+        check_tag(body, self.body_tag())
+        return bucketed(self._top_chunk, attention_mask, hidden)
+
     def forward(self, x: dict[str, Tensor], ref: int | None = None, tasks: int = 1, return_features: bool = False) -> Tensor:
-        """Logits (or the pooled features) of a dict of ``input_ids`` and ``attention_mask``, or of
-        precomputed ``features``. No normalisation statistics: ``ref`` and ``tasks`` change nothing."""
-        f = x["features"] if "features" in x else self.encode(x["input_ids"], x["attention_mask"])
+        """Logits (or the pooled features) of a dict of ``input_ids`` and ``attention_mask``, of cached
+        lower-layer states (``hidden``, ``attention_mask``, ``body``) or of precomputed ``features``.
+        No normalisation statistics: ``ref`` and ``tasks`` change nothing."""
+        if "features" in x:
+            f = x["features"]
+        elif "hidden" in x:
+            f = self.encode_hidden(x["hidden"], x["attention_mask"], x.get("body"))
+        else:
+            f = self.encode(x["input_ids"], x["attention_mask"])
         return f if return_features else self.head(f)
 
     def _body_names(self) -> list[str]:
         return [n for n, _ in self.named_parameters() if n.startswith("encoder.") and "lora_" not in n]
 
+    def _trained_body_names(self) -> list[str]:
+        """The body's entries the outer loop trains: every one with ``train_body``, the top K layers' with ``train_layers``."""
+        if self.train_layers() is None:
+            return self._body_names()
+        path, layers = _layer_list(self.encoder)
+        top = tuple(f"encoder.{path}.{i}." for i in range(self.cached_layers(), len(layers)))
+        return [n for n in self._body_names() if n.startswith(top)]
+
     def frozen_parameter_names(self) -> list[str]:
-        if self.spec.get("adapt") == "all" or self.spec.get("train_body"):
+        if self.spec.get("adapt") == "all":
             return []
+        if self.spec.get("train_body"):
+            trained = set(self._trained_body_names())
+            return [n for n in self._body_names() if n not in trained]
         return self._body_names()
 
     def outer_only_parameter_names(self) -> list[str]:
-        """With ``train_body`` in head/LoRA mode the body learns in the outer loop only (α fixed at 0)."""
-        return self._body_names() if self.spec.get("train_body") and self.spec.get("adapt") != "all" else []
+        """With ``train_body`` in head/LoRA mode the body (``train_layers``: its top K layers) learns in the outer loop only (α fixed at 0)."""
+        return self._trained_body_names() if self.spec.get("train_body") and self.spec.get("adapt") != "all" else []
 
     def features_fixed(self) -> bool:
         """True when nothing of the body ever changes: its features can be computed once per example."""
@@ -231,4 +337,4 @@ class TextExport(nn.Module):
         return {"input_ids": np.asarray(examples["input_ids"], np.int64), "attention_mask": np.asarray(examples["attention_mask"], np.int64)}
 
 
-__all__ = ["ADAPT_MODES", "TextClassifier", "TextExport", "describe_backbone", "pool", "text_model_spec"]
+__all__ = ["ADAPT_MODES", "BUCKET", "TextClassifier", "TextExport", "bucketed", "describe_backbone", "pool", "run_layers", "text_model_spec"]

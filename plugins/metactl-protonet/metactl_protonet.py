@@ -10,6 +10,11 @@ support set only, as everywhere in metactl):
     p(y = c | x) = softmax_c(−‖f_θ(x) − p_c‖²)                         (squared Euclidean distance)
     outer objective: (1/B) Σᵢ cross-entropy over task i's queries, w.r.t. θ (body only).
 
+With the cosine head (``cosine``; the default on a body whose features are unit-norm, such as a
+normalised sentence encoder) the logits are s·cos(f_θ(x), p_c) instead, with log s meta-learned
+(``learn_temperature``, initial s = ``temperature``): the head arithmetic is :mod:`metactl.heads`, and
+the learned s is kept in the run and carried into the adapted head (w_c = s p_c/‖p_c‖, b_c = 0).
+
 There is no inner loop: the inner learning rates α and the meta-learned linear head are unused.
 At adapt time the prototypes become the linear head (paper, Sec. 2.4): w_c = 2 p_c,
 b_c = −‖p_c‖², since −‖f − p_c‖² = 2 p_cᵀf − ‖p_c‖² − ‖f‖² and ‖f‖² is the same for every class,
@@ -25,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,13 +40,20 @@ from torch import Tensor
 
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
+from metactl.heads import add_log_temperature, cosine_head, cosine_logits, resolve_cosine, temperature
 
 __version__ = "0.1.0"
 
 
 @dataclass(frozen=True)
 class ProtoNetConfig:
-    pass
+    cosine: bool | None = None  # s·cos(f, p) logits; None: meta-train's setup turns them on exactly when the body's features are unit-norm
+    temperature: float = 10.0  # s of the cosine logits: its initial value when learned
+    learn_temperature: bool = True  # meta-learn log s (cosine logits only)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
 
 
 def embed(learner: Learner, params: Params, x: Inputs, ref: int | None = None) -> Tensor:
@@ -86,14 +99,21 @@ class ProtoNet(AlgorithmBase):
         self.config = config
 
     def setup(self, learner: Learner, info: SetupInfo) -> None:
+        """Fail early on regression; resolve ``cosine`` for this body (recorded) and add log s when it is learned."""
         _require_classification(learner)  # fail at the start of meta-train, not at the first step
+        self.config = dataclasses.replace(self.config, cosine=resolve_cosine(self.config.cosine, learner, self.name))
+        if self.config.cosine and self.config.learn_temperature:
+            add_log_temperature(learner, self.config.temperature)
 
     def task_logits(self, learner: Learner, params: Params, sx: Inputs, sy: Tensor, qx: Inputs) -> Tensor:
-        """Query logits −‖f(q) − p_c‖² of one task, support and queries embedded together with support statistics."""
+        """Query logits of one task (−‖f(q) − p_c‖², or s·cos(f(q), p_c)), support and queries embedded together with support statistics."""
         n = inputs_len(sx)
         num_classes = learner.params[learner.head[0]].shape[0]
         emb = embed(learner, params, cat_inputs([sx, qx]), ref=n)
-        return distance_logits(emb[n:], prototypes(emb[:n], sy, num_classes))
+        protos = prototypes(emb[:n], sy, num_classes)
+        if self.config.cosine:  # unresolved (None: no setup, or a run recorded before the cosine head): Euclidean
+            return cosine_logits(emb[n:], protos, temperature(learner, self.config.temperature))
+        return distance_logits(emb[n:], protos)
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         _require_classification(learner)
@@ -116,7 +136,8 @@ class ProtoNet(AlgorithmBase):
         params = {k: v.detach() for k, v in learner.params.items()}
         with torch.no_grad():
             emb = embed(learner, params, x, ref=inputs_len(x))
-            weight, bias = prototype_head(prototypes(emb, y, params[w_name].shape[0]))
+            protos = prototypes(emb, y, params[w_name].shape[0])
+            weight, bias = cosine_head(protos, temperature(learner, self.config.temperature)) if self.config.cosine else prototype_head(protos)
         params[w_name] = weight.to(params[w_name].dtype)
         params[b_name] = bias.to(params[b_name].dtype)
         return [dict(params) for _ in range(steps + 1)]

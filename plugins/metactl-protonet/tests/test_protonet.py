@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +143,50 @@ def test_embeddings_follow_the_learners_precision() -> None:
         assert torch.equal(e16, bf16.features(bf16.params, x, ref=len(x)))
     assert e16.dtype == torch.float32 and not torch.equal(e16, e32)
     torch.testing.assert_close(e16, e32, rtol=0.05, atol=0.05)
+
+
+class UnitNormBody(torch.nn.Module):
+    """f(x) = normalize(W x) under a linear head; its spec says the features are unit-norm (a sentence encoder's)."""
+
+    def __init__(self, dim: int = 6, ways: int = 3) -> None:
+        super().__init__()
+        self.spec = {"normalize": True}
+        self.body = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, ways)
+
+    def forward(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1, return_features: bool = False) -> torch.Tensor:
+        f = F.normalize(self.body(x), dim=-1)
+        return f if return_features else self.head(f)
+
+
+def test_cosine_logits_learn_their_temperature_and_the_adapted_head_carries_it() -> None:
+    from metactl.heads import LOG_TEMPERATURE
+
+    torch.manual_seed(0)
+    model = UnitNormBody().double()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    learner = Learner(model, params, {k: torch.tensor(0.1, dtype=torch.float64) for k in params}, "classification")
+    algo = ProtoNet(ProtoNetConfig(temperature=5.0), None)
+    algo.setup(learner, SetupInfo())
+    assert algo.config.cosine is True and float(learner.extra[LOG_TEMPERATURE].detach()) == pytest.approx(np.log(5.0))
+    g = torch.Generator().manual_seed(2)
+    sx, qx = torch.randn(2, 6, 6, generator=g, dtype=torch.float64), torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
+    sy, qy = torch.arange(3).repeat(2).expand(2, -1).clone(), torch.arange(3).repeat(3).expand(2, -1).clone()
+    algo.meta_gradient(learner, TaskBatch(sx, sy, qx, qy))
+
+    log_s = torch.tensor(np.log(5.0), dtype=torch.float64, requires_grad=True)  # the same objective, written out here
+    losses = []
+    for i in range(2):
+        f, q = F.normalize(model.body(sx[i]), dim=-1), F.normalize(model.body(qx[i]), dim=-1)
+        protos = torch.stack([f[sy[i] == c].mean(0) for c in range(3)])
+        cos = torch.stack([torch.stack([(a @ p) / (a.norm() * p.norm()) for p in protos]) for a in q])
+        losses.append(F.cross_entropy(log_s.exp() * cos, qy[i]))
+    (expected,) = torch.autograd.grad(torch.stack(losses).mean(), [log_s])
+    assert abs(float(expected)) > 1e-4
+    torch.testing.assert_close(learner.extra[LOG_TEMPERATURE].grad, expected, rtol=1e-9, atol=1e-12)
+
+    phi = algo.adapt(learner, sx[0], sy[0], 0)[0]
+    with torch.no_grad():
+        direct = algo.task_logits(learner, learner.params, sx[0], sy[0], qx[0])
+        torch.testing.assert_close(learner.forward(phi, qx[0]), direct)  # the linear head = s·cos on unit-norm features
+        assert float(phi["head.bias"].abs().max()) == 0.0
