@@ -50,6 +50,7 @@ LAZY = {
     ("metactl.loggers", "mlflow.entities"): "the optional [mlflow] extra, checked when the logger was made",
     ("metactl.library", "metactl.launch"): "torch.distributed's elastic launcher, loaded only for --nproc",
     ("metactl.train", "metactl.data.text"): "the [text] extra (tokenizers): only --val-all-classes on text data needs it",
+    ("metactl.data", "metactl.data.text"): "the [text] extra (tokenizers): only evaluate --all-classes --label-names needs it",
     ("metactl.data.label_names", "metactl.data.tokens"): "the [text] extra (tokenizers): only --label-names on a text run needs it",
     ("metactl.backbones", "huggingface_hub"): "only a --backbone given as a Hugging Face hub id needs it (the [text] extra)",
 }
