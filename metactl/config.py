@@ -17,6 +17,7 @@ from metactl.errors import MetactlError
 
 # --protocol: Omniglot's splits (omniglot:DIR), then the intents protocols (intents:DIR, see metactl.data.text)
 PROTOCOLS = ("lake", "vinyals", "domains", "unseen-clinc150", "unseen-banking77", "unseen-hwu64")
+EPISODE_CLASSES = ("random", "nearest", "domain")  # --episode-classes: how a text training episode's classes are chosen
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class TrainConfig:
     label_names: bool = False  # text: each class's readable name is one more support example (meta-train; adapt's default)
     # fast body training (issue 25): only the top K layers train, the lower ones' hidden states cached once per text
     train_layers: int | None = None  # --train-layers K: train the top K transformer layers of the text body (implies train_body); None = all
+    # harder many-way episodes (issue 25): each training episode's classes chosen by similarity or within a domain
+    episode_classes: str = "random"  # text: random | nearest (an intent + its nearest by class centroid) | domain (one domain's intents)
     algo_options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own Config keys
 
     def __post_init__(self) -> None:
@@ -128,6 +131,8 @@ def validate(values: dict[str, Any]) -> list[str]:
         p.append("algo-options must be a table")
     if cfg.precision not in ("fp32", "bf16"):
         p.append(f"precision must be 'fp32' or 'bf16' (got {cfg.precision!r})")
+    if cfg.episode_classes not in EPISODE_CLASSES:
+        p.append(f"episode-classes must be one of {', '.join(EPISODE_CLASSES)} (got {cfg.episode_classes!r})")
     if cfg.protocol not in PROTOCOLS:
         p.append(f"protocol must be one of {', '.join(PROTOCOLS)} (got {cfg.protocol!r})")
     if cfg.adapt not in ("head", "lora", "all", "auto"):

@@ -208,6 +208,11 @@ class Sampler(Protocol):
         """OPTIONAL. Keep every text's hidden states from ``fn`` (a body's frozen lower layers, ``--train-layers``), tagged ``tag``."""
         ...
 
+    def precompute_centroids(self, fn: Callable[[Any], Any], batch_size: int = 256, progress: Any = None) -> None:
+        """OPTIONAL. A training sampler that chooses each episode's classes (``--episode-classes``); with ``nearest`` it is
+        called once before training with ``fn``, the starting body's features of its examples, for its class centroids."""
+        ...
+
     def draw(self, seed: int, d: int) -> EpisodeBatch:
         """OPTIONAL. Draw ``d`` of a whole-label-set evaluation (every class at once), a function of ``seed`` and ``d`` only."""
         ...
@@ -364,7 +369,7 @@ OPTIONAL: dict[type, tuple[str, ...]] = {
     Algorithm: ("select_on_validation",),
     ExportModule: ("dynamic_axes",),
     Model: ("export_assets", "adapted_assets"),
-    Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "precompute_hidden", "draw", "episodes"),
+    Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "precompute_hidden", "precompute_centroids", "draw", "episodes"),
     TaskSource: ("all_classes", "by_domain"),
     MetricLogger: ("check",),
 }

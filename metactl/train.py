@@ -383,6 +383,12 @@ def setup(
     data = open_data(cfg, report.load)
     if cfg.label_names and (data.preprocessing or {}).get("kind") != "text":
         raise MetactlError(f"--label-names adds each class's name as a text example: text data only (--data {cfg.data}).", "Drop --label-names.")
+    centroids = contract.hook(data.train, "precompute_centroids")
+    if cfg.episode_classes != "random" and centroids is None:
+        raise MetactlError(
+            f"--episode-classes {cfg.episode_classes} chooses training episodes' intents: text data only (--data {cfg.data}).",
+            "Drop --episode-classes, or use intents:DIR or text:PATH data.",
+        )
     if not resume and world.main:
         work = _prepare_out(out, force, resume)
         replaces = str(out) if work != out else None
@@ -391,7 +397,10 @@ def setup(
     learner = init_learner(data.model_spec, cfg, data.kind, device, algo.inner_lr_shape)
     pool = getattr(data.train, "pool", None)
     algo.setup(learner, SetupInfo(train_classes=pool.num_classes if pool is not None else 0))
-    precompute_body(data, learner, device, report)
+    precompute_body(data, learner, device, report, examples_seen(cfg))
+    if cfg.episode_classes == "nearest":  # the starting body's centroid of each training class: episodes of near classes
+        report.message("Computing the starting body's centroid of each training class once (--episode-classes nearest).")
+        centroids(feature_fn(learner, device))
     opt = make_optimizer(algo, learner, cfg)
     s = Session(cfg, algo, world, report, device, out, replaces, data, learner, opt, meta={}, val_sampler=validation_sampler(data, cfg))
     if cfg.body_l2sp > 0:  # θ_body⁰: the pretrained weights, before any checkpoint is loaded
@@ -444,14 +453,24 @@ def hidden_fn(model: Any, device: str) -> Callable[[dict[str, Any]], Any]:
     return fn
 
 
-def precompute_body(data: TaskData, learner: Learner, device: str, report: Reporter) -> None:
+def examples_seen(cfg: TrainConfig) -> int:
+    """At most how many examples the training steps run the body on (``--steps`` bounds a time-budgeted run)."""
+    return cfg.steps * cfg.meta_batch * cfg.ways * (cfg.shots + cfg.query_shots)
+
+
+def precompute_body(data: TaskData, learner: Learner, device: str, report: Reporter, seen: int | None = None) -> None:
     """What of the body never changes, computed once per example of the training and validation data: a
     frozen body's features (a head on a frozen body), or with ``--train-layers K`` the hidden states its
-    frozen lower layers give (only the top K layers then run in each step)."""
+    frozen lower layers give (only the top K layers then run in each step). The training examples are
+    skipped when the steps will run the body on fewer examples (``seen``) than there are (a baseline's
+    ``--steps 1`` run on a dataset of 25,000 texts): the validation examples are always computed."""
     model = learner.model
     cached = data.model_spec.get("train_layers") is not None  # a text model with --train-layers K
     for sampler in (data.train, data.val):
         if sampler is None:
+            continue
+        pool = getattr(sampler, "pool", None)
+        if sampler is data.train and seen is not None and pool is not None and seen < sum(pool.count(c) for c in range(pool.num_classes)):
             continue
         what = getattr(sampler, "what", "data")
         if model.features_fixed() and contract.hook(sampler, "precompute") is not None:

@@ -7,6 +7,7 @@ raise when anything reads them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +27,7 @@ from metactl.evaluate import algorithm_of_run
 from metactl.models import ModelBase
 from metactl.runs import load_run, read_meta
 from metactl.testing import register_plugin
-from metactl.train import meta_train
+from metactl.train import Reporter, meta_train
 
 DIM, PER_CLASS = 24, 30
 GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -162,9 +163,33 @@ def test_c_is_chosen_on_validation_and_recorded(vectors: None, tmp_path: Path) -
     assert selection["classes"] == VAL[1] and selection["shots"] == 5
 
 
-def test_given_c_skips_the_choice(vectors: None, tmp_path: Path) -> None:
-    meta = read_meta(train_probe(tmp_path / "run", c=3.0))
-    assert meta["algorithm"]["config"]["c"] == 3.0 and "selection" not in meta["algorithm"]
+def test_given_c_and_temperature_skip_the_choice(vectors: None, tmp_path: Path) -> None:
+    meta = read_meta(train_probe(tmp_path / "run", c=3.0, temperature=2.0))
+    config = meta["algorithm"]["config"]
+    assert (config["c"], config["temperature"]) == (3.0, 2.0) and "selection" not in meta["algorithm"]
+    meta = read_meta(train_probe(tmp_path / "run-c", c=3.0))  # C given: only s is fitted, at that C
+    assert meta["algorithm"]["config"]["c"] == 3.0 == meta["algorithm"]["selection"]["c"]
+    assert list(meta["algorithm"]["selection"]["validation_accuracy"]) == ["3"]
+
+
+def test_temperature_minimises_the_validation_nll_at_the_chosen_c(vectors: None, tmp_path: Path) -> None:
+    meta = read_meta(train_probe(tmp_path / "run"))
+    config = meta["algorithm"]["config"]
+    feats = class_features(*VAL)
+    logits, labels = [], []
+    for d in range(config["c_draws"]):  # the validation queries' scale-1 logits, fitted here
+        picks = validation_picks([len(f) for f in feats], 5, 0, d)
+        s = torch.from_numpy(np.concatenate([f[p] for f, p in zip(feats, picks, strict=True)]))
+        sy = torch.cat([torch.full((5,), i) for i in range(len(feats))])
+        rest = [np.setdiff1d(np.arange(len(f)), p) for f, p in zip(feats, picks, strict=True)]
+        w, b = fit_logistic(s, sy, len(feats), config["c"], config["max_iter"])
+        logits.append(torch.from_numpy(np.concatenate([f[r] for f, r in zip(feats, rest, strict=True)])).double() @ w.T + b)
+        labels.append(torch.cat([torch.full((len(r),), i) for i, r in enumerate(rest)]))
+    z, y = torch.cat(logits), torch.cat(labels)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(200.0), 2001))
+    nll = [float(torch.nn.functional.cross_entropy(float(t) * z, y)) for t in grid]
+    assert config["temperature"] == pytest.approx(grid[int(np.argmin(nll))], rel=0.01)
+    assert abs(np.log(config["temperature"])) > 0.1  # s = 1 would not pass for the fitted one
 
 
 def test_adapting_a_run_uses_its_chosen_c(vectors: None, tmp_path: Path) -> None:
@@ -178,5 +203,23 @@ def test_adapting_a_run_uses_its_chosen_c(vectors: None, tmp_path: Path) -> None
     y = torch.arange(3).repeat_interleave(5)
     adapted = algo.adapt(learner, {"features": x}, y, 1)[-1]
     w, b = fit_logistic(x, y, 3, chosen, meta["algorithm"]["config"]["max_iter"])
+    s = meta["algorithm"]["config"]["temperature"]  # the fitted temperature multiplies the head
+    w, b = s * w, s * b
     torch.testing.assert_close(adapted["head.weight"], w.float(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(adapted["head.bias"], b.float(), atol=1e-6, rtol=1e-5)
+
+
+def test_a_short_baseline_run_computes_only_the_validation_features(minilm_dir: Path, tmp_path: Path) -> None:
+    # --steps 1 runs the body on 4 training texts: computing all 36 first would be wasted (on intents, 25,000)
+    csv = tmp_path / "texts.csv"
+    csv.write_text("text,label\n" + "".join(f"request number {i} about {lab},{lab}\n" for lab in "abcdefgh" for i in range(6)), encoding="utf-8")
+    cfg = TrainConfig(
+        algo="centroid", backbone=str(minilm_dir), adapt="head", data=f"text:{csv}", ways=2, shots=1, query_shots=1, meta_batch=1, steps=1,
+        eval_every=0, eval_episodes=1, val_classes=0.25, threads=1, max_length=16,
+    )  # fmt: skip
+    said: list[str] = []
+    meta_train(cfg, out=tmp_path / "short", report=Reporter(message=said.append))
+    assert not any("training examples" in m for m in said) and any("validation examples" in m for m in said), said
+    said.clear()
+    meta_train(dataclasses.replace(cfg, steps=10), out=tmp_path / "longer", report=Reporter(message=said.append))  # 40 texts seen >= 36
+    assert any("training examples" in m for m in said), said

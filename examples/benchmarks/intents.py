@@ -86,6 +86,7 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.before = before  # OUT_DIR's JSON from an earlier invocation, for `earlier` (empty with --fresh)
         self.loaded: dict[Path, tuple[dict[str, Any], Any]] = {}
+        self.oos_cache: dict[str, dict[str, Any]] = {}
 
     def earlier(self, name: str, shots: int, settings: dict[str, Any]) -> dict[str, Any]:
         """Row ``name``'s cell at K = ``shots`` in OUT_DIR's JSON, when it was computed with the same seed,
@@ -108,27 +109,30 @@ class Bench:
             self.loaded[run] = runs.load_run(run)
         return self.loaded[run]
 
-    def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str, split: str) -> Any:
+    def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str, split: str, names: bool = False) -> Any:
         """The all-classes sampler for K = ``shots``, the body's features computed once for all K: per
-        ``body`` (the frozen MiniLM, shared by its rows, or a run whose outer loop trained the body) and
-        split (``val``: the run's own validation intents)."""
+        ``body`` (the frozen MiniLM, shared by its rows, or a run whose outer loop trained the body),
+        split (``val``: the run's own validation intents) and ``names`` (each intent's name one more support text)."""
         from metactl.data import all_classes_sampler
         from metactl.evaluate import feature_fn
 
-        mine = self.samplers.setdefault(f"{body}:{split}", {})
+        mine = self.samplers.setdefault(f"{body}:{split}:{names}", {})
         if not mine:
             own = split == "val"
-            base = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split)
+            base = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split, label_names=names)
             base.precompute(feature_fn(learner, "cpu"))
             mine[shots] = base
         if shots not in mine:
             mine[shots] = next(iter(mine.values())).with_shots(shots)
         return mine[shots]
 
-    def curve(self, run: Path, shots: int, draws: int, steps: int, lr: float | None = None, split: str = "test") -> np.ndarray:
+    def curve(
+        self, run: Path, shots: int, draws: int, steps: int, lr: float | None = None, split: str = "test", names: bool = False, ece: np.ndarray | None = None
+    ) -> np.ndarray:
         """Accuracy of each draw after 0..``steps`` inner steps, as ``metactl evaluate --all-classes`` (with
-        ``--split val``: on the run's own validation intents) computes it; when only the head adapts, on the
-        body's features computed once (:meth:`sampler`)."""
+        ``--split val``: on the run's own validation intents; ``names``: ``--label-names``) computes it; when
+        only the head adapts, on the body's features computed once (:meth:`sampler`). ``ece``: filled with
+        each draw's expected calibration error."""
         from metactl.data import all_classes_sampler
         from metactl.evaluate import run_curve
 
@@ -136,10 +140,11 @@ class Bench:
         seed = self.args.seed
         if learner.model.adapts_head_only():
             body = "frozen" if learner.model.features_fixed() and split == "test" else str(run)  # validation intents differ by run
-            return run_curve(meta, learner, self.sampler(meta, learner, shots, body, split), draws, steps, seed, inner_lr=lr, precompute=False)
+            sampler = self.sampler(meta, learner, shots, body, split, names)
+            return run_curve(meta, learner, sampler, draws, steps, seed, inner_lr=lr, precompute=False, ece=ece)
         own = split == "val"
-        sampler = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split)
-        return run_curve(meta, learner, sampler, draws, steps, seed, inner_lr=lr)
+        sampler = all_classes_sampler(meta, None if own else self.data, shots, None if own else self.protocol, split, label_names=names)
+        return run_curve(meta, learner, sampler, draws, steps, seed, inner_lr=lr, ece=ece)
 
     def support_texts(self, shots: int, d: int) -> dict[str, list[str]]:
         """Draw d's support texts (the sampler's picks, applied to the same ordered texts)."""
@@ -165,60 +170,160 @@ class Bench:
     # --- rows scored by metactl (the same code path as ``metactl evaluate --all-classes``) ---------
 
     def metactl_row(
-        self, name: str, run: Path, description: str, command: str, steps: int | None = None, lr: float | None = None, only: list[int] | None = None
+        self,
+        name: str,
+        run: Path,
+        description: str,
+        command: str,
+        steps: int | None = None,
+        lr: float | None = None,
+        only: list[int] | None = None,
+        names: bool | None = None,
     ) -> dict[str, Any]:
+        """A run scored at each K as ``metactl evaluate --all-classes`` scores it: accuracy, expected
+        calibration error, and (CLINC150) out-of-scope detection; ``names`` None: as the run was trained."""
         from metactl.config import TrainConfig
 
         meta, learner = self.load(run)
         cfg = TrainConfig(**meta["config"])
         k = steps if steps is not None else int(meta.get("adapt_steps", cfg.test_inner_steps))  # as `metactl adapt` does
+        named = cfg.label_names if names is None else names
         row: dict[str, Any] = {"row": name, "description": description, "run": str(run), "algorithm": cfg.algo, "adapt": cfg.adapt, "cells": {}}
+        row["label_names"] = named
         for shots in only or self.args.shots:
             t0 = time.perf_counter()
-            c = cell(self.curve(run, shots, self.args.draws, k, lr)[:, k])
+            ece = np.zeros((self.args.draws, k + 1))
+            c = cell(self.curve(run, shots, self.args.draws, k, lr, names=named, ece=ece)[:, k])
+            c["ece"] = round(float(ece[:, k].mean()), 4)
+            if self.unseen == "clinc150":
+                c["oos"] = self.oos(run, shots, k, named)
             c["score_seconds"] = round(time.perf_counter() - t0, 1)
-            c["adapt_seconds"] = self.adapt_seconds(run, shots, k)
+            c["adapt_seconds"] = self.adapt_seconds(run, shots, k, named)
             c["command"] = (
                 f"metactl evaluate --from {run} --data {self.data} --protocol {self.protocol} --all-classes --shots {shots} "
-                f"--episodes {self.args.draws} --seed {self.args.seed} --steps {k}" + (f" --inner-lr {lr}" if lr is not None else "")
+                f"--episodes {self.args.draws} --seed {self.args.seed} --steps {k}"
+                + (f" --inner-lr {lr}" if lr is not None else "")
+                + (" --label-names" if named else " --no-label-names")
             )
             row["cells"][str(shots)] = c
-            print(f"  {name} {shots}-shot: {100 * c['mean']:.1f} ± {100 * c['ci95']:.1f}", flush=True)
+            print(f"  {name} {shots}-shot: {100 * c['mean']:.1f} ± {100 * c['ci95']:.1f}, ECE {c['ece']:.3f}", flush=True)
         theta_mb = round(sum(v.numel() for v in learner.params.values()) * 4 / 2**20, 1)
         row["model_mb"] = theta_mb if cfg.train_body or cfg.adapt == "all" else round(self.body_mb() + theta_mb, 1)  # float32
         row["command"] = command
         return row
 
-    def adapt_seconds(self, run: Path, shots: int, steps: int) -> float:
+    def adapt_seconds(self, run: Path, shots: int, steps: int, names: bool | None = None) -> float:
         """``metactl adapt`` on draw 0's support folder: seconds from the call to the adapted folder on disk."""
         from metactl.adapt import adapt
 
         t0 = time.perf_counter()
-        adapt(self.support_folder(shots, 0), run, steps=steps, out=self.work / "adapted-timing", force=True)
+        adapt(self.support_folder(shots, 0), run, steps=steps, out=self.work / "adapted-timing", force=True, label_names=names)
         return round(time.perf_counter() - t0, 1)
 
     def body_mb(self) -> float:
         return mb(self.args.backbone / "model.safetensors")
 
-    def baseline_runs(self) -> dict[str, Path]:
-        """centroid and probe runs (nothing learned; ``--steps 1`` on a placeholder CSV)."""
+    def baseline_run(self, algo: str, shots: int) -> Path:
+        """A centroid or probe run (nothing learned; ``--steps 1``) on the protocol, its settings chosen on the
+        validation intents at K = ``shots``: the probe's C and temperature, the centroid's temperature."""
         from metactl.config import TrainConfig
         from metactl.train import meta_train
 
-        out = {}
-        csv_path = self.work.parent / "placeholder.csv"
-        if not csv_path.exists():
-            csv_path.write_text("text,label\n" + "".join(f"example {i} of {lab},{lab}\n" for lab in "abcd" for i in range(3)), encoding="utf-8")
-        for algo in ("centroid", "probe"):
-            run = self.work.parent / f"run-{algo}"
-            if not (run / "theta.safetensors").exists():
-                cfg = TrainConfig(
-                    algo=algo, backbone=str(self.args.backbone), adapt="head", data=f"text:{csv_path}", ways=2, shots=1, query_shots=1, steps=1,
-                    eval_every=0, eval_episodes=1, val_classes=0.5,
-                )  # fmt: skip
-                meta_train(cfg, run, force=True)
-            out[algo] = run
+        run = self.work / f"run-{algo}-{shots}shot"
+        if not (run / "theta.safetensors").exists():
+            cfg = TrainConfig(
+                algo=algo, backbone=str(self.args.backbone), adapt="head", data=self.data, protocol=self.protocol, ways=10, shots=shots,
+                query_shots=5, steps=1, eval_every=0, eval_episodes=1, max_length=64,
+            )  # fmt: skip
+            meta_train(cfg, run, force=True)
+        return run
+
+    def baseline_row(self, algo: str, names: bool) -> dict[str, Any]:
+        """The centroid or probe at each K from its run at that K (:meth:`baseline_run`), with or without label names."""
+        from metactl.runs import read_meta
+
+        label = {
+            "centroid": "nearest class centroid on frozen MiniLM (temperature fitted on validation intents)",
+            "probe": "logistic-regression probe on frozen MiniLM (C and temperature chosen on validation intents)",
+        }[algo] + (", + label names" if names else "")
+        name = algo + ("+names" if names else "")
+        cells = {}
+        for shots in self.args.shots:
+            run = self.baseline_run(algo, shots)
+            sub = self.metactl_row(name, run, label, "", only=[shots], names=names)
+            cells[str(shots)] = {**sub["cells"][str(shots)], "choice": read_meta(run)["algorithm"].get("selection", {})}
+        a = self.args
+        command = f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --data {self.data} --protocol {self.protocol} --shots K --steps 1"
+        return {**sub, "run": str(self.work / f"run-{algo}-KshotK"), "cells": cells, "command": command}
+
+    # --- out-of-scope detection (CLINC150) ----------------------------------------------------------
+
+    def oos_inputs(self, run: Path, learner: Any, labels: list[str]) -> dict[str, Any]:
+        """CLINC150's in-scope ``val`` texts (labels in ``labels``' order), ``oos_val`` and ``oos_test`` texts
+        as the run's body's features (once per body)."""
+        import torch
+
+        from metactl.data.text import TextPool, load_tokenizer
+        from metactl.evaluate import feature_fn
+
+        body = "frozen" if learner.model.features_fixed() else str(run)
+        if body in self.oos_cache:
+            return self.oos_cache[body]
+        raw = json.loads((self.args.intents / "clinc150" / "data_full.json").read_text(encoding="utf-8"))
+        val: dict[str, list[str]] = {label: [] for label in labels}
+        for text, intent in raw["val"]:
+            val[f"clinc150/{intent}"].append(text)
+        meta, _ = self.load(run)
+        prep = meta["preprocessing"]
+        tok = load_tokenizer(Path(prep["tokenizer"]), int(prep["max_length"]))
+        fn = feature_fn(learner, "cpu")
+        out: dict[str, Any] = {}
+        for key, texts in (("val", val), ("oos_val", {"oos": [t for t, _ in raw["oos_val"]]}), ("oos_test", {"oos": [t for t, _ in raw["oos_test"]]})):
+            pool = TextPool.from_texts(texts, tok, int(prep["max_length"]))
+            pool.precompute(fn)
+            x = pool.take([(c, np.arange(pool.count(c))) for c in range(pool.num_classes)])
+            out[key] = ({k: torch.from_numpy(v) for k, v in x.items()}, torch.cat([torch.full((pool.count(c),), c) for c in range(pool.num_classes)]))
+        self.oos_cache[body] = out
         return out
+
+    def oos(self, run: Path, shots: int, k: int, names: bool) -> dict[str, Any] | None:
+        """Out-of-scope detection by thresholding the top probability, the run adapted on each draw as for
+        its accuracy: AUROC (in-scope test texts against ``oos_test``), and in-scope accuracy / out-of-scope
+        recall at the threshold that maximises their mean on CLINC150's ``val`` split (in-scope ``val`` and
+        ``oos_val``), never on test. Mean over the draws (None for a run whose body adapts)."""
+        import torch
+
+        from metactl import runs
+        from metactl.calibration import auroc, oos_at_threshold, threshold_on_validation
+        from metactl.config import TrainConfig
+        from metactl.data.tensors import to_batch
+        from metactl.evaluate import _head_only_inputs, algorithm_of_run, predict_in_chunks
+
+        meta, learner = self.load(run)
+        if not learner.model.adapts_head_only():
+            return None
+        cfg = TrainConfig(**meta["config"])
+        sampler = self.sampler(meta, learner, shots, "frozen" if learner.model.features_fixed() else str(run), "test", names)
+        if sampler.ways != cfg.ways:
+            learner, _ = runs.with_head(learner, meta["model"], sampler.ways)
+        algo, extra = algorithm_of_run(meta, cfg), self.oos_inputs(run, learner, list(sampler.support.labels))
+        rows = []
+        for d in range(self.args.draws):
+            sx, sy, qx, qy = _head_only_inputs(learner, *to_batch(sampler.draw(self.args.seed, d), "cpu").task(0))
+            params = algo.adapt(learner, sx, sy, k)[k]
+
+            def top(x: Any, params: Any = params, sx: Any = sx) -> tuple[np.ndarray, np.ndarray]:
+                with torch.no_grad():
+                    p, c = predict_in_chunks(learner, params, sx, x, 256).float().softmax(-1).max(-1)
+                return p.numpy(), c.numpy()
+
+            (tq, cq), (tv, cv) = top(qx), top(extra["val"][0])
+            t_val, t_test = top(extra["oos_val"][0])[0], top(extra["oos_test"][0])[0]
+            chosen = threshold_on_validation(tv, cv == extra["val"][1].numpy(), t_val)
+            at = oos_at_threshold(chosen.threshold, tq, cq == qy.numpy(), t_test)
+            rows.append((auroc(tq, t_test), at.in_scope_accuracy, at.oos_recall, chosen.threshold))
+        m = np.mean(rows, axis=0)
+        return dict(zip(("auroc", "in_scope_accuracy", "oos_recall", "threshold"), (round(float(v), 4) for v in m), strict=True))
 
     # --- pretrain: the learning rate and steps chosen on the validation intents ------------------
 
@@ -443,12 +548,9 @@ class Bench:
     def run(self) -> dict[str, Any]:
         t_all = time.perf_counter()
         a = self.args
-        baselines = self.baseline_runs() if {"centroid", "probe"} & set(a.rows) else {}
-        for algo, run in baselines.items():
-            if algo not in a.rows:
-                continue
-            label = {"centroid": "nearest class centroid on frozen MiniLM", "probe": "logistic-regression probe on frozen MiniLM"}[algo]
-            self.rows.append(self.metactl_row(algo, run, label, f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --steps 1 ..."))
+        for algo in ("centroid", "probe"):
+            if algo in a.rows:
+                self.rows.extend(self.baseline_row(algo, names) for names in (False, True))
         pre = a.pretrain_run.get(self.unseen)
         if "pretrain" in a.rows:
             self.rows.append(self.pretrain_row(pre) if pre else {"row": "pretrain", "status": "not run (no --pretrain-run given)", "cells": {}})
@@ -463,9 +565,15 @@ class Bench:
             cfg = read_meta(run)["config"]
             first = {True: " (first order)", False: " (second order)"}.get(cfg.get("algo_options", {}).get("first_order"), "")
             desc = f"metactl {cfg['algo']}{first} --adapt {cfg['adapt']}" + (f" rank {cfg['lora_rank']}" if cfg["adapt"] == "lora" else "")
-            desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "") if cfg.get("train_body") else ""
+            if cfg.get("train_layers"):
+                desc += f" --train-layers {cfg['train_layers']} (body lr {cfg['body_lr']:g}), {cfg['ways']}-way"
+            elif cfg.get("train_body"):
+                desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "")
+            desc += ", label names" if cfg.get("label_names") else ""
             if a.run_steps in ("adapt", "both"):
                 metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
+                if cfg.get("label_names"):  # the ablation that costs no training: the same run adapted without the names
+                    metactl_rows.append(self.metactl_row(f"metactl:{run.name}:no-names", run, desc + " (adapted without them)", "", names=False))
             if a.run_steps in ("val", "both"):
                 metactl_rows.append(self.val_steps_row(run, desc))
         self.rows.extend(metactl_rows)
@@ -507,7 +615,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             rows[r["row"]] = r
 
     def rank(name: str) -> tuple[int, str]:
-        group = "runs" if name.startswith("metactl:") else name
+        group = "runs" if name.startswith("metactl:") else name.split("+")[0]
         return (ROWS.index(group) if group in ROWS else len(ROWS), name)
 
     shots = sorted(set(old.get("shots", [])) | set(new["shots"]))

@@ -601,6 +601,47 @@ def intents(results: Path) -> list[str]:
     return lines
 
 
+BASELINES = ("centroid", "centroid+names", "probe", "probe+names", "pretrain", "finetune", "setfit")
+
+
+def intents_goal(results: Path) -> list[str]:
+    """Per unseen dataset and K: the best baseline row, the recipe's row (``metactl:intents-<unseen>``, the
+    preset's run) and the difference against the goal of +2 points."""
+    found = [load(results, f"intents-{u}.json") for u in INTENTS_UNSEEN if (results / f"intents-{u}.json").is_file()]
+    lines = header("unseen", "K", "best baseline", "recipe (intents-<unseen>.toml)", "recipe − best baseline (points)", "goal +2")
+    for res in found:
+        rows = {r["row"]: r for r in res["rows"] if r.get("cells")}
+        recipe = rows.get(f"metactl:intents-{res['unseen']}")
+        for k in res["shots"]:
+            base = [(r["cells"][str(k)]["mean"], r) for n, r in rows.items() if n in BASELINES and str(k) in r["cells"]]
+            if not base or recipe is None or str(k) not in recipe["cells"]:
+                continue
+            best, r = max(base, key=lambda br: br[0])
+            mine = recipe["cells"][str(k)]
+            delta = 100 * (mine["mean"] - best)
+            met = "met" if delta >= 2 else f"short by {2 - delta:.1f}"
+            lines.append(row(res["unseen"], k, f"{r['row']}: {pct(best, r['cells'][str(k)]['ci95'])}", pct(mine["mean"], mine["ci95"]), f"{delta:+.1f}", met))
+    return lines
+
+
+def intents_calibration(results: Path) -> list[str]:
+    """Per unseen dataset and row at 5 shots: expected calibration error on the test split, and on CLINC150
+    out-of-scope detection by thresholding the top probability (AUROC; in-scope accuracy and out-of-scope
+    recall at the threshold chosen on CLINC150's validation split)."""
+    found = [load(results, f"intents-{u}.json") for u in INTENTS_UNSEEN if (results / f"intents-{u}.json").is_file()]
+    lines = header("unseen", "row", "accuracy (5-shot)", "ECE", "OOS AUROC", "in-scope accuracy / OOS recall at the validation threshold")
+    for res in found:
+        for r in res["rows"]:
+            c = r.get("cells", {}).get("5")
+            if not c or "ece" not in c:
+                continue
+            oos = c.get("oos") or {}
+            au = f"{oos['auroc']:.3f}" if oos else "–"
+            at = f"{pct(oos['in_scope_accuracy'])} / {pct(oos['oos_recall'])}" if oos else "–"
+            lines.append(row(res["unseen"], r.get("description") or r["row"], pct(c["mean"], c["ci95"]), f"{c['ece']:.3f}", au, at))
+    return lines
+
+
 TABLES: dict[str, tuple[str, Builder]] = {
     "presets": ("results.md", presets),
     "oneshot-runs": ("results.md", oneshot),
@@ -613,6 +654,8 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "pipeline": ("results.md", pipeline),
     "clinc-contrast": ("results.md", clinc_contrast),
     "intents": ("results.md", intents),
+    "intents-goal": ("results.md", intents_goal),
+    "intents-calibration": ("results.md", intents_calibration),
     "time-to-95": ("speed.md", time_to_95),
     "time-to-95-bf16": ("speed.md", bf16_vs_fp32),
     "throughput": ("speed.md", throughput),

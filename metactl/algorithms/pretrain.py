@@ -7,9 +7,15 @@ with their global class and classified by a head over all training classes (kept
 regression the network fits all tasks' points at once. The N-way head in θ stays at zero, so
 adaptation fine-tunes all layers from a zero head with the plain inner learning rate.
 
+``cosine = true`` (``[algo_options]``): the all-classes classifier's logits are s·cos(w_c, f), the
+class weights and the features both L2-normalised, with log s learned (initial s = ``temperature``;
+:func:`metactl.heads.add_log_temperature`) — the all-intents cosine-softmax pre-training of a text
+body, whose scale-1 dot products of unit vectors would otherwise give a nearly flat softmax.
+
 Usage::
 
     metactl meta-train --algo pretrain --meta-batch 8
+    metactl meta-train --algo pretrain --config pretrain-cosine.toml  # [algo_options] cosine = true
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
+from metactl.errors import MetactlError
+from metactl.heads import add_log_temperature, cosine_logits, temperature
 from metactl.inner import adapt_trajectory
 
 
@@ -29,12 +37,16 @@ from metactl.inner import adapt_trajectory
 class PretrainConfig:
     label_smoothing: float = 0.0
     tasks_per_forward: int = 2  # episodes per forward/backward (BatchNorm batch); 0 = the whole meta-batch
+    cosine: bool = False  # logits s·cos(w_c, f) (normalised class weights and features), log s learned
+    temperature: float = 10.0  # the initial s of the cosine logits
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing must be in [0, 1)")
         if self.tasks_per_forward < 0:
             raise ValueError("tasks_per_forward must be >= 0")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
 
 
 class Pretrain(AlgorithmBase):
@@ -47,17 +59,27 @@ class Pretrain(AlgorithmBase):
 
     def setup(self, learner: Learner, info: SetupInfo) -> None:
         if learner.task != "classification":
+            if self.config.cosine:
+                raise MetactlError("pretrain: cosine=true makes a classifier's logits cosines: classification data only.", "Drop cosine (algo_options).")
             return
         n, feat = int(info.train_classes), learner.params[learner.head[0]].shape[1]
         weight = learner.params[learner.head[0]]
         classifier = torch.nn.Linear(feat, n).to(dtype=weight.dtype, device=weight.device)  # default init, seeded
-        learner.extra = {
-            "classifier.weight": classifier.weight.detach().clone().requires_grad_(True),
-            "classifier.bias": classifier.bias.detach().clone().requires_grad_(True),
-        }
+        learner.extra = {"classifier.weight": classifier.weight.detach().clone().requires_grad_(True)}
+        if self.config.cosine:  # s·cos(w_c, f): no bias; log s learned
+            add_log_temperature(learner, self.config.temperature)
+        else:
+            learner.extra["classifier.bias"] = classifier.bias.detach().clone().requires_grad_(True)
         with torch.no_grad():
             for k in learner.head:
                 learner.params[k].zero_()
+
+    def logits(self, learner: Learner, features: Tensor) -> Tensor:
+        """The all-classes classifier's logits: W f + b, or with ``cosine`` s·cos(w_c, f) at the learned s."""
+        w = learner.extra["classifier.weight"]
+        if self.config.cosine:
+            return cosine_logits(features, w, temperature(learner, self.config.temperature))
+        return F.linear(features, w, learner.extra["classifier.bias"])
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """Average loss over every image of the meta-batch, in chunks of ``tasks_per_forward`` episodes."""
@@ -77,7 +99,7 @@ class Pretrain(AlgorithmBase):
                     raise ValueError("pretrain needs the episodes' global class ids")
                 local = torch.cat([batch.support_y[lo:hi], batch.query_y[lo:hi]], dim=1)  # labels 0..N-1
                 y = torch.gather(batch.classes[lo:hi], 1, local).flatten()
-                logits = F.linear(learner.features(learner.params, x), learner.extra["classifier.weight"], learner.extra["classifier.bias"])
+                logits = self.logits(learner, learner.features(learner.params, x))
                 loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
                 metric = float((logits.argmax(-1) == y).float().mean())
             (loss * ((hi - lo) / b)).backward()

@@ -9,9 +9,13 @@ scikit-learn's default of 1. So by default (``c`` unset) the run chooses it: aft
 calls :meth:`LinearProbe.select_on_validation` with the run's validation classes (never its test
 classes), which fits the probe for each C of ``c_grid`` on ``--shots`` support examples of every
 validation class at once, scores it on those classes' other examples, averages over ``c_draws`` seeded
-draws and keeps the best C. The choice and the accuracy of every C are recorded in the run
-(``metactl.json``: ``algorithm.config.c`` and ``algorithm.selection``); ``adapt``, ``evaluate`` and
-``export`` of the run use that C. A ``c`` given in ``algo_options`` is used as is, with no search.
+draws and keeps the best C. A logistic regression fitted to 5 examples per class is far from calibrated
+(its top probability is ~0.1 where it is right 80 % of the time), so the same draws then fit a temperature
+s that multiplies its logits (minimising the validation queries' NLL, as the centroid fits its s): the
+probabilities can be thresholded, the predictions do not change. The choices and the accuracy of every C
+are recorded in the run (``metactl.json``: ``algorithm.config.c``, ``algorithm.config.temperature`` and
+``algorithm.selection``); ``adapt``, ``evaluate`` and ``export`` of the run use them (the exported head
+carries s). A ``c`` or ``temperature`` given in ``algo_options`` is used as is.
 
 Usage::
 
@@ -33,7 +37,7 @@ from torch import Tensor
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 from metactl.data.episodes import EpisodeBatch
 from metactl.data.tensors import to_batch
-from metactl.heads import fitted_head, fitted_head_metrics
+from metactl.heads import fit_temperature, fitted_head, fitted_head_metrics, scaled_nll
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 FALLBACK_C = 1.0  # scikit-learn's default: a run that could not choose (no validation classes), or a snapshot taken before the choice
@@ -47,11 +51,14 @@ class ProbeConfig:
     c_grid: tuple[float, ...] = C_GRID  # the Cs tried when c is None
     c_draws: int = 3  # seeded draws of the all-validation-classes task the choice averages over
     max_iter: int = 100  # L-BFGS iterations
+    temperature: float | None = None  # s multiplying the fitted head's logits; None: fitted on the validation classes (1 without any)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "c_grid", tuple(float(c) for c in self.c_grid))  # a TOML list, or metactl.json's
         if (self.c is not None and self.c <= 0) or self.max_iter < 1 or self.c_draws < 1:
             raise ValueError("c must be > 0, max_iter >= 1 and c_draws >= 1")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
         if not self.c_grid or min(self.c_grid) <= 0:
             raise ValueError("c_grid must hold at least one C, each > 0")
 
@@ -108,11 +115,16 @@ def _draw_features(learner: Learner, theta: Params, sx: Inputs, qx: Inputs) -> t
     return sf, qf
 
 
+def validation_logits(feats: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, c: float, max_iter: int) -> Tensor:
+    """Query logits (float64, s = 1) of the probe fitted at ``c`` on one draw's (support features, labels, query features, labels)."""
+    sf, sy, qf, _ = feats
+    w, b = fit_logistic(sf, sy, num_classes, c, max_iter)
+    return F.linear(qf.double(), w, b)
+
+
 def validation_accuracy(feats: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, c: float, max_iter: int) -> float:
     """Query accuracy of the probe fitted at ``c`` on one draw's (support features, labels, query features, labels)."""
-    sf, sy, qf, qy = feats
-    w, b = fit_logistic(sf, sy, num_classes, c, max_iter)
-    return float((F.linear(qf.double(), w, b).argmax(-1) == qy).double().mean())
+    return float((validation_logits(feats, num_classes, c, max_iter).argmax(-1) == feats[3]).double().mean())
 
 
 class LinearProbe(AlgorithmBase):
@@ -132,9 +144,19 @@ class LinearProbe(AlgorithmBase):
         """The C in use: the given or chosen one, else :data:`FALLBACK_C`."""
         return self.config.c if self.config.c is not None else FALLBACK_C
 
+    @property
+    def temperature(self) -> float:
+        """The s in use: the given or fitted one, else 1."""
+        return self.config.temperature if self.config.temperature is not None else 1.0
+
     def _head(self, learner: Learner, params: Params, x: Inputs, y: Tensor) -> Params:
-        c = self.c
-        return fitted_head(learner, params, x, y, lambda f, t, n: fit_logistic(f, t, n, c, self.config.max_iter))
+        c, s = self.c, self.temperature
+
+        def fit(f: Tensor, t: Tensor, n: int) -> tuple[Tensor, Tensor]:
+            w, b = fit_logistic(f, t, n, c, self.config.max_iter)
+            return s * w, s * b
+
+        return fitted_head(learner, params, x, y, fit)
 
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
         """The query loss and accuracy of the fitted probe (logged); no gradient: nothing is meta-learned."""
@@ -147,28 +169,37 @@ class LinearProbe(AlgorithmBase):
         return [dict(theta)] + [dict(fitted) for _ in range(steps)]
 
     def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
-        """Choose C (when ``c`` is unset) on the validation ``pool``: every class with more than ``shots``
-        examples at once, ``shots`` support examples each and the rest as queries, ``c_draws`` seeded
-        draws; the best mean query accuracy wins (ties: the first in ``c_grid``). Sets ``config.c``;
-        returns the choice and each C's accuracy ({} when ``c`` was given or there is nothing to choose on)."""
+        """Choose C (when ``c`` is unset) and fit s (when ``temperature`` is unset) on the validation ``pool``:
+        every class with more than ``shots`` examples at once, ``shots`` support examples each and the rest
+        as queries, ``c_draws`` seeded draws; the best mean query accuracy wins (ties: the first in
+        ``c_grid``), and s minimises the pooled queries' NLL at that C. Sets ``config.c`` and
+        ``config.temperature``; returns the choices, each C's accuracy and the NLL at s = 1 and at s ({}
+        when both were given or there is nothing to choose on)."""
         cfg = self.config
         classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
-        if cfg.c is not None or len(classes) < 2:
+        if (cfg.c is not None and cfg.temperature is not None) or len(classes) < 2:
             return {}
         device = next(iter(learner.params.values())).device
         theta = {k: v.detach() for k, v in learner.params.items()}
-        scores = np.zeros(len(cfg.c_grid))
+        grid = cfg.c_grid if cfg.c is None else (cfg.c,)
+        scores, draws = np.zeros(len(grid)), []
         for d in range(cfg.c_draws):
             picks = validation_picks([pool.count(c) for c in classes], shots, seed, d)
             sx, sy, qx, qy = to_batch(validation_draw(pool, classes, picks), device).task(0)
             sf, qf = _draw_features(learner, theta, sx, qx)
-            scores += [validation_accuracy((sf, sy, qf, qy), len(classes), c, cfg.max_iter) for c in cfg.c_grid]
+            draws.append((sf, sy, qf, qy))
+            scores += [validation_accuracy(draws[-1], len(classes), c, cfg.max_iter) for c in grid]
         scores /= cfg.c_draws
-        best = cfg.c_grid[int(np.argmax(scores))]
-        self.config = dataclasses.replace(cfg, c=best)
+        best = grid[int(np.argmax(scores))]
+        z = torch.cat([validation_logits(f, len(classes), best, cfg.max_iter) for f in draws])
+        y = torch.cat([f[3] for f in draws])
+        s = cfg.temperature if cfg.temperature is not None else fit_temperature(z, y)
+        self.config = dataclasses.replace(cfg, c=best, temperature=s)
         return {
             "c": best,
-            "validation_accuracy": {f"{c:g}": float(s) for c, s in zip(cfg.c_grid, scores, strict=True)},
+            "validation_accuracy": {f"{c:g}": float(v) for c, v in zip(grid, scores, strict=True)},
+            "temperature": s,
+            "validation_nll": {"1": scaled_nll(z, y, 0.0), "fitted": scaled_nll(z, y, float(np.log(s)))},
             "classes": len(classes),
             "shots": shots,
             "draws": cfg.c_draws,

@@ -30,6 +30,12 @@ at the start of every task (in training and in ``adapt``), so they receive no me
 run's stored head is the untouched initialization. On a frozen body (``--adapt head``) the prototypes
 are constants, so what is meta-learned there is α alone. Classification only.
 
+When the inner loop adapts the head alone (``--adapt head``, the body frozen or trained by the outer loop
+only: ``--train-body`` / ``--train-layers K``), the body's entries of ϕ are θ's at every inner step, so
+each task's body runs ONCE, on support and query together: the support features give the prototypes and
+the head's inner steps (second order unless ``first_order``), the query features the logits — the same
+meta-gradient as running the body for the prototypes, each inner step and the query.
+
 Usage::
 
     metactl meta-train --algo protomaml --backbone DIR --adapt head --data intents:DIR --inner-steps 3 --inner-lr 0.5
@@ -44,7 +50,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, inputs_len
+from metactl.algorithms.anil import head_step
+from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, prototype_head, resolve_cosine, temperature
 from metactl.inner import adapt_trajectory, inner_step
@@ -62,17 +69,25 @@ class ProtoMAMLConfig:
             raise ValueError("temperature must be > 0")
 
 
+def prototype_head_params(learner: Learner, params: Params, feats: Tensor, y: Tensor, cosine: bool = False, scale: Tensor | float = 1.0) -> Params:
+    """The head entries (weight, bias) of the prototype head (cosine or Euclidean, temperature ``scale``) of the
+    support features ``feats`` with labels ``y``, in the dtype of ``params``' head. Differentiable through
+    ``feats`` and ``scale``; a constant head (frozen body, fixed s) is made a leaf that requires grad, since
+    the inner loop still differentiates it."""
+    wname, bname = learner.head
+    w, b = prototype_head(feats, y, params[wname].shape[0], cosine, scale)
+    head = {wname: w.to(params[wname].dtype), bname: b.to(params[bname].dtype)}
+    if torch.is_grad_enabled():
+        head = {k: v if v.requires_grad else v.requires_grad_(True) for k, v in head.items()}
+    return head
+
+
 def prototype_init(learner: Learner, params: Params, x: Inputs, y: Tensor, cosine: bool = False, scale: Tensor | float = 1.0) -> Params:
     """``params`` with the head replaced by the prototype head (cosine or Euclidean, temperature ``scale``)
     of the support set (x, y) at ``params``. Differentiable: the head depends on the body's entries of
     ``params`` and on ``scale``."""
     feats = learner.features(params, x, ref=inputs_len(x))
-    wname, bname = learner.head
-    w, b = prototype_head(feats, y, params[wname].shape[0], cosine, scale)
-    head = {wname: w.to(params[wname].dtype), bname: b.to(params[bname].dtype)}
-    if torch.is_grad_enabled():  # a frozen body (--adapt head) gives a constant head: the inner loop still differentiates it
-        head = {k: v if v.requires_grad else v.requires_grad_(True) for k, v in head.items()}
-    return {**params, **head}
+    return {**params, **prototype_head_params(learner, params, feats, y, cosine, scale)}
 
 
 def _first_order_step(learner: Learner, phi: Params, x: Inputs, y: Tensor, step: int) -> Params:
@@ -82,6 +97,21 @@ def _first_order_step(learner: Learner, phi: Params, x: Inputs, y: Tensor, step:
     leaf = {k: v.detach().requires_grad_(k in names) for k, v in phi.items()}
     grads = torch.autograd.grad(learner.loss(learner.forward(leaf, x), y), [leaf[n] for n in names])
     return {**phi, **{n: phi[n] - learner.lr(n, step) * g for n, g in zip(names, grads, strict=True)}}
+
+
+def head_adapts_alone(learner: Learner) -> bool:
+    """True when the inner loop adapts the head's entries alone (``--adapt head``, with or without a body the
+    outer loop trains): the body's entries of ϕ stay θ's through every inner step, so a task's body features
+    are the same at each step and are computed once."""
+    return set(learner.inner_names()) <= set(learner.head)
+
+
+def _first_order_head_step(learner: Learner, head: Params, feats: Tensor, y: Tensor, step: int) -> Params:
+    """The head alone: ϕ − α g with g the support gradient at detached copies of the head and the features (a
+    constant), the graph from ϕ back to the prototypes left for the outer pass (as ``_first_order_step``)."""
+    leaf = {k: v.detach().requires_grad_(True) for k, v in head.items()}
+    grads = torch.autograd.grad(learner.loss(learner.head_forward(leaf, feats.detach()), y), list(leaf.values()))
+    return {k: head[k] - learner.lr(k, step) * g for k, g in zip(leaf, grads, strict=True)}
 
 
 class ProtoMAML(AlgorithmBase):
@@ -110,16 +140,37 @@ class ProtoMAML(AlgorithmBase):
         cosine = bool(self.config.cosine)
         return cosine, temperature(learner, self.config.temperature) if cosine else 1.0
 
+    def _query(self, learner: Learner, sx: Inputs, sy: Tensor, qx: Inputs, second_order: bool) -> Tensor:
+        """One task's query outputs at ϕ_K: the body runs on the support set for the prototypes and at every inner
+        step, then on support and query (any inner loop, body entries included)."""
+        phi = prototype_init(learner, learner.params, sx, sy, *self.head_of(learner))  # s per task: each backward frees its graph
+        for k in range(self.inner_steps):
+            phi = inner_step(learner, phi, sx, sy, second_order=True, step=k)[0] if second_order else _first_order_step(learner, phi, sx, sy, k)
+        return learner.predict_query(phi, sx, qx)
+
+    def _one_pass_query(self, learner: Learner, sx: Inputs, sy: Tensor, qx: Inputs, second_order: bool) -> Tensor:
+        """One task's query outputs at ϕ_K when the inner loop adapts the head alone (:func:`head_adapts_alone`): ONE
+        body pass over support and query together (normalisation statistics of the support set: ``ref``), whose
+        support features give the prototypes and every inner step of the head, and whose query features the logits.
+        Differentiable to the body entries of θ (through prototypes, inner gradients and query features) and to s."""
+        n = inputs_len(sx)
+        feats = learner.features(learner.params, cat_inputs([sx, qx]), ref=n)
+        support = feats[:n]
+        head = prototype_head_params(learner, learner.params, support, sy, *self.head_of(learner))
+        for k in range(self.inner_steps):
+            head = head_step(learner, head, support, sy, True, k)[0] if second_order else _first_order_head_step(learner, head, support, sy, k)
+        return learner.head_forward(head, feats[n:])
+
     def meta_gradient(self, learner: Learner, batch: TaskBatch) -> dict[str, float]:
+        """Per task: ϕ_K from the prototype head, the query loss at ϕ_K, its backward / B. The body runs once per task
+        when the inner loop adapts the head alone, else once per inner step as well."""
         b = len(batch)
         second_order = not self.config.first_order
+        query = self._one_pass_query if head_adapts_alone(learner) else self._query
         total_loss = total_metric = 0.0
         for i in range(b):
             sx, sy, qx, qy = batch.task(i)
-            phi = prototype_init(learner, learner.params, sx, sy, *self.head_of(learner))  # s per task: each backward frees its graph
-            for k in range(self.inner_steps):
-                phi = inner_step(learner, phi, sx, sy, second_order=True, step=k)[0] if second_order else _first_order_step(learner, phi, sx, sy, k)
-            out = learner.predict_query(phi, sx, qx)
+            out = query(learner, sx, sy, qx, second_order)
             loss = learner.loss(out, qy)
             (loss / b).backward()
             total_loss += float(loss.detach())

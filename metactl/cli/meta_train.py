@@ -47,6 +47,7 @@ def meta_train(
         None, "--val-all-classes/--no-val-all-classes", help="Text: validate on all validation intents at once. [default: no]"
     ),
     label_names: bool = typer.Option(None, "--label-names/--no-label-names", help="Text: each readable class name is one more support example. [default: no]"),
+    episode_classes: str = typer.Option(None, help="Text: episode classes: random | nearest (intent + nearest by centroid) | domain. [default: random]"),
     max_length: int = typer.Option(None, help="Text: tokens per example; longer texts are truncated. [default: 64]"),
     ways: int = typer.Option(None, help="Classes per episode (N). [default: 5]"),
     shots: int = typer.Option(None, help="Support examples per class (K). [default: 1]"),

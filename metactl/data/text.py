@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -586,19 +587,145 @@ class NamedEpisodes(ClassificationEpisodes):
         return EpisodeBatch(with_names(b.support_x, names, tasks, self.ways, self.shots), sy, b.query_x, b.query_y, b.classes)
 
 
-def text_episodes(cfg: Any, train: TextPool, val: TextPool, tokenizer: Tokenizer) -> tuple[ClassificationEpisodes, ClassificationEpisodes]:
+# --- harder training episodes: classes by similarity or by domain (--episode-classes) ------------------
+
+Centroids = Callable[[Arrays], Any]  # what a pool's take() gives -> (n, D) features of the starting body
+
+
+def class_centroids(pool: TextPool, fn: Centroids, batch_size: int = 256, progress: Progress | None = None) -> np.ndarray:
+    """(classes, D) float32: each class's mean of ``fn`` over its texts, ``batch_size`` texts at a time in
+    order of length. ``fn`` takes what :meth:`TextPool.take` gives (tokens, cached hidden states or features)."""
+    order = sorted(((c, i) for c in range(pool.num_classes) for i in range(pool.count(c))), key=lambda ci: len(pool.rows[ci[0]][ci[1]]))
+    sums: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out = np.asarray(fn(pool.take([(c, np.array([i])) for c, i in chunk])), dtype=np.float64)
+        if sums is None:
+            sums = np.zeros((pool.num_classes, out.shape[1]))
+        np.add.at(sums, np.array([c for c, _ in chunk]), out)
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
+    counts = np.maximum([pool.count(c) for c in range(pool.num_classes)], 1)
+    return (sums / counts[:, None]).astype(np.float32) if sums is not None else np.zeros((pool.num_classes, 0), np.float32)
+
+
+class NearestClasses:
+    """``--episode-classes nearest``: an anchor class drawn at random, then ``ways`` − 1 classes drawn at random
+    among its 2·(``ways`` − 1) nearest (cosine similarity of the class centroids, :meth:`prepare`), in random
+    order. Only ``eligible`` classes (those of the training pool with K + Q texts) are ever drawn."""
+
+    def __init__(self, pool: TextPool, eligible: np.ndarray, ways: int) -> None:
+        self.eligible, self.ways = eligible, ways
+        self.nearest: np.ndarray | None = None  # per eligible class, the positions in ``eligible`` of its nearest, nearest first
+
+    def prepare(self, pool: TextPool, fn: Centroids, batch_size: int = 256, progress: Progress | None = None) -> None:
+        """The neighbours of each class, by the centroids of ``fn`` (the body as training starts) over ``pool``."""
+        c = class_centroids(pool, fn, batch_size, progress)[self.eligible].astype(np.float64)
+        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        sim = c @ c.T
+        np.fill_diagonal(sim, -np.inf)
+        m = min(2 * (self.ways - 1), len(self.eligible) - 1)
+        self.nearest = np.argsort(-sim, axis=1, kind="stable")[:, :m]
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.nearest is None:
+            raise RuntimeError("--episode-classes nearest: the class centroids were not computed (call precompute_centroids first)")
+        anchor = int(rng.integers(len(self.eligible)))
+        near = rng.choice(self.nearest[anchor], size=self.ways - 1, replace=False)
+        return rng.permutation(self.eligible[np.concatenate([[anchor], near])])
+
+
+class DomainClasses:
+    """``--episode-classes domain``: one domain drawn at random among those with at least ``ways`` eligible
+    classes, then ``ways`` of its classes. When no domain has that many, whole domains in random order fill
+    the episode (the last one in part). ``domains``: label -> domain (:func:`intent_domains`)."""
+
+    def __init__(self, pool: TextPool, eligible: np.ndarray, ways: int, domains: dict[str, str] | None, spec: str) -> None:
+        hint = "Use --episode-classes random or nearest, or intents:DIR data with CLINC150 or HWU64 (their domains)."
+        if domains is None:
+            raise MetactlError(f"--episode-classes domain draws each episode within one domain; --data {spec} has no domains.", hint)
+        groups: dict[str, list[int]] = {}
+        for c in eligible.tolist():
+            groups.setdefault(domains[pool.labels[c]], []).append(int(c))
+        if len(groups) < 2:
+            raise MetactlError(f"--episode-classes domain: the training intents of --data {spec} are all of one domain ({', '.join(groups)}).", hint)
+        self.ways = ways
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups.values()]
+        self.full = [g for g in self.groups if len(g) >= ways]
+
+    def prepare(self, pool: TextPool, fn: Centroids, batch_size: int = 256, progress: Progress | None = None) -> None:
+        """Nothing: domains need no features."""
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.full:
+            return rng.choice(self.full[int(rng.integers(len(self.full)))], size=self.ways, replace=False)
+        order = rng.permutation(len(self.groups))
+        return rng.permutation(np.concatenate([rng.permutation(self.groups[i]) for i in order])[: self.ways])
+
+
+def intent_domains(found: dict[str, Path], protocol: str | None, labels: list[str]) -> dict[str, str]:
+    """label -> its domain: CLINC150's (``domains.json``), HWU64's scenario (its intents are
+    ``<scenario>_<intent>``), BANKING77's one (banking); ``dataset/intent`` labels get ``dataset/domain``."""
+    clinc = {i: d for d, intents in clinc150_domains(found["clinc150"]).items() for i in intents} if "clinc150" in found else {}
+    bare = "clinc150" if protocol == "domains" else next(iter(found))  # unprefixed labels: one dataset's
+    out: dict[str, str] = {}
+    for label in labels:
+        dataset, _, intent = label.rpartition("/")
+        kind = dataset or bare
+        domain = clinc[intent] if kind == "clinc150" else intent.split("_", 1)[0] if kind == "hwu64" else "banking"
+        out[label] = f"{dataset}/{domain}" if dataset else domain
+    return out
+
+
+class _ChosenClasses:
+    """Mixin of the training samplers of ``--episode-classes nearest|domain``: after the base sampler's checks,
+    ``choice(pool, eligible, ways)`` (:class:`NearestClasses`, :class:`DomainClasses`) draws each episode's
+    classes; the K + Q texts per class are drawn as before."""
+
+    pool: TextPool
+    eligible: np.ndarray
+    ways: int
+
+    def __init__(self, *args: Any, choice: Callable[[TextPool, np.ndarray, int], NearestClasses | DomainClasses], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]  # the sampler class after this mixin
+        self.choice = choice(self.pool, self.eligible, self.ways)
+
+    def classes(self, rng: np.random.Generator) -> np.ndarray:
+        return self.choice.draw(rng)
+
+    def precompute_centroids(self, fn: Centroids, batch_size: int = 256, progress: Progress | None = None) -> None:
+        """What the choice needs from the body as training starts (``nearest``: the class centroids of ``fn``)."""
+        self.choice.prepare(self.pool, fn, batch_size, progress)
+
+
+class ChosenEpisodes(_ChosenClasses, ClassificationEpisodes):
+    """Training episodes whose classes ``--episode-classes nearest|domain`` chooses (:class:`_ChosenClasses`)."""
+
+
+class NamedChosenEpisodes(_ChosenClasses, NamedEpisodes):
+    """:class:`ChosenEpisodes` with each class's readable name as one more support example (``--label-names``)."""
+
+
+def text_episodes(
+    cfg: Any, train: TextPool, val: TextPool, tokenizer: Tokenizer, domains: dict[str, str] | None = None
+) -> tuple[ClassificationEpisodes, ClassificationEpisodes]:
     """The training and validation samplers of a text source: with ``cfg.label_names`` each class's name
-    is one more support example (every label checked first: one without a word is an error)."""
+    is one more support example (every label checked first: one without a word is an error). With
+    ``cfg.episode_classes`` nearest or domain (``domains``: label -> domain) the training episodes' classes
+    are chosen so; validation episodes stay random."""
+    how = getattr(cfg, "episode_classes", "random")
+    choice: Any = NearestClasses if how == "nearest" else partial(DomainClasses, domains=domains, spec=cfg.data)
     if not cfg.label_names:
-        return (
-            ClassificationEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots),
-            ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation"),
-        )
+        val_episodes = ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation")
+        if how == "random":
+            return ClassificationEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots), val_episodes
+        return ChosenEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots, choice=choice), val_episodes
     label_texts([*train.labels, *val.labels])
-    return (
-        NamedEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots, names_pool(train.labels, tokenizer, cfg.max_length)),
-        NamedEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, names_pool(val.labels, tokenizer, cfg.max_length), "validation"),
-    )
+    names = names_pool(train.labels, tokenizer, cfg.max_length)
+    val_episodes = NamedEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, names_pool(val.labels, tokenizer, cfg.max_length), "validation")
+    if how == "random":
+        return NamedEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots, names), val_episodes
+    return NamedChosenEpisodes(train, cfg.ways, cfg.shots, cfg.query_shots, names, choice=choice), val_episodes
 
 
 def named_all_classes(sampler: Any, meta: dict[str, Any]) -> AllClassesEpisodes:
@@ -656,7 +783,8 @@ class Intents:
         parts = protocol_texts(found, protocol, cfg.val_classes, cfg.seed, cfg.ways)
         tok = load_tokenizer(tok_file, cfg.max_length)
         train, val = (TextPool.from_texts(parts[p], tok, cfg.max_length) for p in ("train", "val"))
-        train_episodes, val_episodes = text_episodes(cfg, train, val, tok)
+        domains = intent_domains(found, protocol, train.labels) if getattr(cfg, "episode_classes", "random") == "domain" else None
+        train_episodes, val_episodes = text_episodes(cfg, train, val, tok, domains)
         intents, texts = _counts(parts)
         test = list(TEST_DOMAINS) if protocol == "domains" else (f"all {protocol.removeprefix('unseen-')} intents" if protocol else "the validation intents")
         return TaskData(
@@ -808,14 +936,20 @@ __all__ = [
     "TRAIN_DOMAINS",
     "VAL_DOMAINS",
     "AllClassesEpisodes",
+    "ChosenEpisodes",
+    "DomainClasses",
     "DomainEpisodes",
     "Intents",
     "LabeledText",
+    "NamedChosenEpisodes",
     "NamedEpisodes",
+    "NearestClasses",
     "TextPool",
     "backbone_pooling",
+    "class_centroids",
     "evaluation_texts",
     "find_datasets",
+    "intent_domains",
     "intents_protocol",
     "load_banking77",
     "load_clinc150",
