@@ -200,7 +200,7 @@ def by_hand_features(theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
 
 
 def test_learned_temperature_is_saved_and_used_by_adapt(unitvec: None, tmp_path: Path) -> None:
-    run = train(tmp_path / "run", "protomaml")
+    run = train(tmp_path / "run", "protomaml", algo_options={"calibrate": False})  # the learned s itself
     theta = load_file(run / "theta.safetensors")
     log_s = float(theta["extra." + LOG_TEMPERATURE])
     assert abs(log_s - math.log(10.0)) > 0.05, log_s  # it moved (4 Adam steps at 0.05)
@@ -251,6 +251,25 @@ def test_centroid_temperature_is_fitted_on_validation_classes_only(unitvec: None
     f = by_hand_features(theta, x)
     protos = torch.stack([f[4 * c : 4 * c + 4].mean(0) for c in range(3)])
     torch.testing.assert_close(head["head.weight"], config["temperature"] * protos / protos.norm(dim=-1, keepdim=True))
+
+
+def test_protomaml_refits_its_learned_temperature_on_validation_classes(unitvec: None, tmp_path: Path) -> None:
+    # (the source's held_out / all_classes raise: the refit never reads a test class)
+    run = train(tmp_path / "run", "protomaml")
+    meta = read_meta(run)
+    selection, config = meta["algorithm"]["selection"], meta["algorithm"]["config"]
+    theta = load_file(run / "theta.safetensors")
+    want = independent_temperature(theta, 2, 0, config["calibration_draws"])
+    assert config["fitted_temperature"] == selection["fitted_temperature"] == pytest.approx(want, rel=2e-3), (selection, want)
+    assert selection["trained_temperature"] == pytest.approx(math.exp(float(theta["extra." + LOG_TEMPERATURE])))
+    assert abs(math.log(want) - math.log(selection["trained_temperature"])) > 0.05  # the refit changed s
+    assert selection["validation_nll"]["fitted"] <= selection["validation_nll"]["trained"]
+    _, learner = load_run(run)
+    x = torch.from_numpy(np.concatenate([f[:4] for f in class_features(40, 3)]))
+    head = algorithm_of_run(meta, TrainConfig(**meta["config"])).adapt(learner, {"features": x}, torch.arange(3).repeat_interleave(4), 0)[0]
+    f = by_hand_features(theta, x)
+    protos = torch.stack([f[4 * c : 4 * c + 4].mean(0) for c in range(3)])
+    torch.testing.assert_close(head["head.weight"], config["fitted_temperature"] * protos / protos.norm(dim=-1, keepdim=True))
 
 
 # --- the real encoder: an exported centroid model's probabilities can be thresholded ----------------------------

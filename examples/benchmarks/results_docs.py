@@ -642,6 +642,30 @@ def intents_calibration(results: Path) -> list[str]:
     return lines
 
 
+ABLATIONS = {
+    "intents-hwu64": "the recipe (examples/configs/intents-hwu64.toml)",
+    "intents-hwu64-no-names": "label names off (training and adaptation)",
+    "intents-hwu64-ways10": "10-way episodes instead of 64-way",
+    "intents-hwu64-no-l2sp": "L2-SP off (--body-l2sp 0)",
+    "intents-hwu64-euclidean": "Euclidean prototypes at scale 1 instead of cosine at a learned temperature",
+}
+
+
+def intents_ablation(results: Path) -> list[str]:
+    """``metactl evaluate --all-classes`` of the recipe and its ablations (one ingredient off each), HWU64 unseen."""
+    path = results / "intents-hwu64-ablation.json"
+    if not path.is_file():
+        return ["Not run yet: `examples/results/intents-hwu64-ablation.json` (the commands above)."]
+    res = load(results, path.name)
+    lines = header("run", "accuracy (%, 5-shot, all 64 intents, 3 draws)", "ECE")
+    for r in res["runs"]:
+        name = Path(r["run"]).name
+        last = r["steps"][-1]
+        ece = r["ece"][len(r["steps"]) - 1]["mean"] if r.get("ece") else None
+        lines.append(row(ABLATIONS.get(name, name), pct(last["mean"], last["ci95"]), "–" if ece is None else f"{ece:.3f}"))
+    return lines
+
+
 TABLES: dict[str, tuple[str, Builder]] = {
     "presets": ("results.md", presets),
     "oneshot-runs": ("results.md", oneshot),
@@ -656,6 +680,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "intents": ("results.md", intents),
     "intents-goal": ("results.md", intents_goal),
     "intents-calibration": ("results.md", intents_calibration),
+    "intents-ablation": ("results.md", intents_ablation),
     "time-to-95": ("speed.md", time_to_95),
     "time-to-95-bf16": ("speed.md", bf16_vs_fp32),
     "throughput": ("speed.md", throughput),

@@ -77,7 +77,8 @@ def validation_logits(learner: Learner, pool: Any, classes: list[int], shots: in
     return torch.cat(logits), torch.cat(labels)
 
 
-def _ece(logits: Tensor, y: Tensor, s: float) -> float:
+def validation_ece(logits: Tensor, y: Tensor, s: float) -> float:
+    """Expected calibration error of softmax(s · ``logits``) against ``y``."""
     probs = (s * logits).softmax(-1).numpy()
     return expected_calibration_error(probs.max(-1), probs.argmax(-1) == y.numpy())
 
@@ -132,7 +133,7 @@ class NearestCentroid(AlgorithmBase):
         return {
             "temperature": s,
             "validation_nll": {"1": scaled_nll(z, y, 0.0), "fitted": scaled_nll(z, y, float(np.log(s)))},
-            "validation_ece": {"1": _ece(z, y, 1.0), "fitted": _ece(z, y, s)},
+            "validation_ece": {"1": validation_ece(z, y, 1.0), "fitted": validation_ece(z, y, s)},
             "classes": len(classes),
             "shots": shots,
             "draws": cfg.temperature_draws,

@@ -10,7 +10,11 @@ the head becomes the prototype head (:mod:`metactl.heads`), and ϕ₀ = θ with 
   logits s·cos(f, p_c), i.e. w_c = s p_c/‖p_c‖, b_c = 0, with log s meta-learned (``learn_temperature``;
   initial s = ``temperature``). Scale-1 dot products of unit vectors give a nearly flat softmax whose
   loss keeps asking the body for more spread; s lets the loss saturate instead. The learned s is kept
-  in the run (``theta.safetensors``) and used by adapt, evaluate and export (it sits inside w);
+  in the run (``theta.safetensors``). It is learned on training tasks, whose classes the trained body
+  separates better than new ones, so it is overconfident on new classes; by default (``calibrate``)
+  the trainer then refits s on the run's validation classes (:meth:`ProtoMAML.select_on_validation`:
+  every validation class at once, the NLL of their queries, as the centroid fits its s), and adapt,
+  evaluate and export use that ``fitted_temperature`` (it sits inside w);
 - Euclidean (any other body, e.g. Conv-4, whose features are not unit-norm): the nearest-prototype
   head w_c = 2 p_c, b_c = −‖p_c‖².
 
@@ -44,6 +48,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,9 +56,10 @@ import torch
 from torch import Tensor
 
 from metactl.algorithms.anil import head_step
+from metactl.algorithms.centroid import validation_ece, validation_logits
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
-from metactl.heads import add_log_temperature, prototype_head, resolve_cosine, temperature
+from metactl.heads import add_log_temperature, fit_temperature, prototype_head, resolve_cosine, scaled_nll, temperature
 from metactl.inner import adapt_trajectory, inner_step
 
 
@@ -63,10 +69,13 @@ class ProtoMAMLConfig:
     cosine: bool | None = None  # s·cos(f, p) head; None: meta-train's setup turns it on exactly when the body's features are unit-norm
     temperature: float = 10.0  # s of the cosine head: its initial value when learned
     learn_temperature: bool = True  # meta-learn log s (cosine head only)
+    calibrate: bool = True  # after training, refit s on the validation classes for adapt/evaluate/export (cosine head only)
+    fitted_temperature: float | None = None  # the refit s (set by select_on_validation, recorded in metactl.json)
+    calibration_draws: int = 3  # seeded draws of the all-validation-classes task the refit pools
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
+        if self.temperature <= 0 or (self.fitted_temperature is not None and self.fitted_temperature <= 0) or self.calibration_draws < 1:
+            raise ValueError("temperature and fitted_temperature must be > 0, calibration_draws >= 1")
 
 
 def prototype_head_params(learner: Learner, params: Params, feats: Tensor, y: Tensor, cosine: bool = False, scale: Tensor | float = 1.0) -> Params:
@@ -135,10 +144,13 @@ class ProtoMAML(AlgorithmBase):
             add_log_temperature(learner, self.config.temperature)
 
     def head_of(self, learner: Learner) -> tuple[bool, Tensor | float]:
-        """(cosine?, s): the learned s where ``learner.extra`` holds log s, else ``temperature``; 1 for the Euclidean head.
-        ``cosine`` unresolved (None: no ``setup``, or a run recorded before the cosine head) is the Euclidean head."""
-        cosine = bool(self.config.cosine)
-        return cosine, temperature(learner, self.config.temperature) if cosine else 1.0
+        """(cosine?, s): the refit s once there is one (after training), else the learned s where ``learner.extra``
+        holds log s, else ``temperature``; 1 for the Euclidean head. ``cosine`` unresolved (None: no ``setup``,
+        or a run recorded before the cosine head) is the Euclidean head."""
+        cosine, fitted = bool(self.config.cosine), self.config.fitted_temperature
+        if not cosine:
+            return False, 1.0
+        return True, fitted if fitted is not None else temperature(learner, self.config.temperature)
 
     def _query(self, learner: Learner, sx: Inputs, sy: Tensor, qx: Inputs, second_order: bool) -> Tensor:
         """One task's query outputs at ϕ_K: the body runs on the support set for the prototypes and at every inner
@@ -176,6 +188,30 @@ class ProtoMAML(AlgorithmBase):
             total_loss += float(loss.detach())
             total_metric += learner.metric(out.detach(), qy)
         return {"loss": total_loss / b, "metric": total_metric / b}
+
+    def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
+        """Refit s of a cosine head (``calibrate``) on the validation ``pool`` after training: every class with
+        more than ``shots`` examples at once, ``shots`` support examples each and the rest as queries,
+        ``calibration_draws`` seeded draws pooled (the centroid's fit); s minimises the queries' mean NLL.
+        Sets ``config.fitted_temperature``; returns it with the NLL and ECE at the trained s and at the
+        refit one ({} for a Euclidean head, ``calibrate`` off, or nothing to fit on)."""
+        cfg = self.config
+        classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
+        if not (cfg.cosine and cfg.calibrate) or len(classes) < 2:
+            return {}
+        z, y = validation_logits(learner, pool, classes, shots, seed, cfg.calibration_draws, True)
+        trained = float(torch.as_tensor(temperature(learner, cfg.temperature)).detach())
+        s = fit_temperature(z, y)
+        self.config = dataclasses.replace(cfg, fitted_temperature=s)
+        return {
+            "fitted_temperature": s,
+            "trained_temperature": trained,
+            "validation_nll": {"trained": scaled_nll(z, y, math.log(trained)), "fitted": scaled_nll(z, y, math.log(s))},
+            "validation_ece": {"trained": validation_ece(z, y, trained), "fitted": validation_ece(z, y, s)},
+            "classes": len(classes),
+            "shots": shots,
+            "draws": cfg.calibration_draws,
+        }
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the prototype head (step 0), then ``steps`` first-order inner steps from it (detached)."""
