@@ -27,7 +27,7 @@ from torch import nn
 from metactl import data as data_registry
 from metactl import models
 from metactl.adapt import adapt
-from metactl.algorithms.probe import validation_picks
+from metactl.algorithms.probe import fit_logistic, validation_picks
 from metactl.algorithms.protomaml import ProtoMAML, ProtoMAMLConfig
 from metactl.api import Learner, SetupInfo, TaskBatch
 from metactl.config import TrainConfig
@@ -270,6 +270,23 @@ def test_protomaml_refits_its_learned_temperature_on_validation_classes(unitvec:
     f = by_hand_features(theta, x)
     protos = torch.stack([f[4 * c : 4 * c + 4].mean(0) for c in range(3)])
     torch.testing.assert_close(head["head.weight"], config["fitted_temperature"] * protos / protos.norm(dim=-1, keepdim=True))
+
+
+def test_protomaml_probe_test_head_is_chosen_on_validation_and_used_by_adapt(unitvec: None, tmp_path: Path) -> None:
+    run = train(tmp_path / "run", "protomaml", algo_options={"test_head": "probe"})
+    meta = read_meta(run)
+    selection, config = meta["algorithm"]["selection"], meta["algorithm"]["config"]
+    assert config["probe_c"] == selection["probe_c"] and config["probe_c"] in (0.1, 1.0, 10.0, 100.0, 1000.0)
+    assert config["probe_temperature"] == selection["probe_temperature"] > 0 and selection["classes"] == VAL[1]
+    theta = load_file(run / "theta.safetensors")
+    _, learner = load_run(run)
+    x = torch.from_numpy(np.concatenate([f[:4] for f in class_features(40, 3)]))
+    y = torch.arange(3).repeat_interleave(4)
+    head = algorithm_of_run(meta, TrainConfig(**meta["config"])).adapt(learner, {"features": x}, y, 0)[0]
+    w, b = fit_logistic(by_hand_features(theta, x).double(), y, 3, config["probe_c"], 100)  # the probe on the trained body, by hand
+    s = config["probe_temperature"]
+    torch.testing.assert_close(head["head.weight"], (s * w).float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(head["head.bias"], (s * b).float(), atol=1e-5, rtol=1e-4)
 
 
 # --- the real encoder: an exported centroid model's probabilities can be thresholded ----------------------------

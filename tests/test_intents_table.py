@@ -80,3 +80,21 @@ def test_rows_computed_later_are_merged_into_the_json() -> None:
     assert merged["rows"][3]["cells"]["10"]["mean"] == 0.7
     again = bench.merge(merged, {"shots": [5], "seconds": 0.0, "rows": [{"row": "metactl:a", "cells": {"5": {"mean": 0.1, "ci95": 0.0}}}]})
     assert again["rows"][3]["cells"]["5"]["mean"] == 0.1 and again["rows"][3]["cells"]["10"]["mean"] == 0.7
+
+
+def test_goal_table_compares_the_recipe_with_the_best_baseline(tmp_path: Path) -> None:
+    docs = _results_docs()
+    c = lambda m: {"mean": m, "ci95": 0.01}  # noqa: E731
+    result = {
+        "unseen": "hwu64", "intents": 64, "test_texts": 1076, "shots": [5, 10],
+        "rows": [
+            {"row": "centroid", "cells": {"5": c(0.75), "10": c(0.80)}},
+            {"row": "probe+names", "cells": {"5": c(0.77), "10": c(0.83)}},
+            {"row": "metactl:intents-hwu64:no-names", "cells": {"5": c(0.99), "10": c(0.99)}},  # not a baseline, not the recipe
+            {"row": "metactl:intents-hwu64", "cells": {"5": c(0.80), "10": c(0.84)}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "intents-hwu64.json").write_text(json.dumps(result))
+    lines = docs.intents_goal(tmp_path)
+    assert lines[2] == "| hwu64 | 5 | probe+names: 77.0 ± 1.0 | 80.0 ± 1.0 | +3.0 | met |"
+    assert lines[3] == "| hwu64 | 10 | probe+names: 83.0 ± 1.0 | 84.0 ± 1.0 | +1.0 | short by 1.0 |"

@@ -101,13 +101,18 @@ class Bench:
 
     # --- the draws -------------------------------------------------------------------------------
 
-    def load(self, run: Path) -> tuple[dict[str, Any], Any]:
-        """``metactl.runs.load_run``, once per run."""
+    def load(self, run: Path, head: str | None = None) -> tuple[dict[str, Any], Any]:
+        """``metactl.runs.load_run``, once per run; ``head``: the run's metadata with ProtoMAML's ``test_head``
+        replaced (the same θ adapted from another starting head)."""
         from metactl import runs
 
         if run not in self.loaded:
             self.loaded[run] = runs.load_run(run)
-        return self.loaded[run]
+        meta, learner = self.loaded[run]
+        if head is not None:
+            algorithm = meta["algorithm"]
+            meta = {**meta, "algorithm": {**algorithm, "config": {**algorithm.get("config", {}), "test_head": head}}}
+        return meta, learner
 
     def sampler(self, meta: dict[str, Any], learner: Any, shots: int, body: str, split: str, names: bool = False) -> Any:
         """The all-classes sampler for K = ``shots``, the body's features computed once for all K: per
@@ -127,7 +132,16 @@ class Bench:
         return mine[shots]
 
     def curve(
-        self, run: Path, shots: int, draws: int, steps: int, lr: float | None = None, split: str = "test", names: bool = False, ece: np.ndarray | None = None
+        self,
+        run: Path,
+        shots: int,
+        draws: int,
+        steps: int,
+        lr: float | None = None,
+        split: str = "test",
+        names: bool = False,
+        ece: np.ndarray | None = None,
+        head: str | None = None,
     ) -> np.ndarray:
         """Accuracy of each draw after 0..``steps`` inner steps, as ``metactl evaluate --all-classes`` (with
         ``--split val``: on the run's own validation intents; ``names``: ``--label-names``) computes it; when
@@ -136,7 +150,7 @@ class Bench:
         from metactl.data import all_classes_sampler
         from metactl.evaluate import run_curve
 
-        meta, learner = self.load(run)
+        meta, learner = self.load(run, head)
         seed = self.args.seed
         if learner.model.adapts_head_only():
             body = "frozen" if learner.model.features_fixed() and split == "test" else str(run)  # validation intents differ by run
@@ -179,9 +193,11 @@ class Bench:
         lr: float | None = None,
         only: list[int] | None = None,
         names: bool | None = None,
+        head: str | None = None,
     ) -> dict[str, Any]:
         """A run scored at each K as ``metactl evaluate --all-classes`` scores it: accuracy, expected
-        calibration error, and (CLINC150) out-of-scope detection; ``names`` None: as the run was trained."""
+        calibration error, and (CLINC150) out-of-scope detection; ``names`` None: as the run was trained;
+        ``head``: ProtoMAML's starting head replaced (see :meth:`load`)."""
         from metactl.config import TrainConfig
 
         meta, learner = self.load(run)
@@ -193,12 +209,13 @@ class Bench:
         for shots in only or self.args.shots:
             t0 = time.perf_counter()
             ece = np.zeros((self.args.draws, k + 1))
-            c = cell(self.curve(run, shots, self.args.draws, k, lr, names=named, ece=ece)[:, k])
+            c = cell(self.curve(run, shots, self.args.draws, k, lr, names=named, ece=ece, head=head)[:, k])
             c["ece"] = round(float(ece[:, k].mean()), 4)
             if self.unseen == "clinc150":
-                c["oos"] = self.oos(run, shots, k, named)
+                c["oos"] = self.oos(run, shots, k, named, head)
             c["score_seconds"] = round(time.perf_counter() - t0, 1)
-            c["adapt_seconds"] = self.adapt_seconds(run, shots, k, named)
+            if head is None:
+                c["adapt_seconds"] = self.adapt_seconds(run, shots, k, named)
             c["command"] = (
                 f"metactl evaluate --from {run} --data {self.data} --protocol {self.protocol} --all-classes --shots {shots} "
                 f"--episodes {self.args.draws} --seed {self.args.seed} --steps {k}"
@@ -225,14 +242,15 @@ class Bench:
 
     def baseline_run(self, algo: str, shots: int) -> Path:
         """A centroid or probe run (nothing learned; ``--steps 1``) on the protocol, its settings chosen on the
-        validation intents at K = ``shots``: the probe's C and temperature, the centroid's temperature."""
+        validation intents at K = ``shots``: the probe's C and temperature, the centroid's temperature. ``--ways
+        64`` holds out the same 64 validation intents as the recipes (examples/configs/intents-*.toml)."""
         from metactl.config import TrainConfig
         from metactl.train import meta_train
 
         run = self.work / f"run-{algo}-{shots}shot"
         if not (run / "theta.safetensors").exists():
             cfg = TrainConfig(
-                algo=algo, backbone=str(self.args.backbone), adapt="head", data=self.data, protocol=self.protocol, ways=10, shots=shots,
+                algo=algo, backbone=str(self.args.backbone), adapt="head", data=self.data, protocol=self.protocol, ways=64, shots=shots,
                 query_shots=5, steps=1, eval_every=0, eval_episodes=1, max_length=64,
             )  # fmt: skip
             meta_train(cfg, run, force=True)
@@ -253,8 +271,9 @@ class Bench:
             sub = self.metactl_row(name, run, label, "", only=[shots], names=names)
             cells[str(shots)] = {**sub["cells"][str(shots)], "choice": read_meta(run)["algorithm"].get("selection", {})}
         a = self.args
-        command = f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --data {self.data} --protocol {self.protocol} --shots K --steps 1"
-        return {**sub, "run": str(self.work / f"run-{algo}-KshotK"), "cells": cells, "command": command}
+        command = f"metactl meta-train --algo {algo} --backbone {a.backbone} --adapt head --data {self.data} --protocol {self.protocol}"
+        command += " --ways 64 --shots K --steps 1"
+        return {**sub, "run": str(self.work / f"run-{algo}-Kshot"), "cells": cells, "command": command}
 
     # --- out-of-scope detection (CLINC150) ----------------------------------------------------------
 
@@ -286,7 +305,7 @@ class Bench:
         self.oos_cache[body] = out
         return out
 
-    def oos(self, run: Path, shots: int, k: int, names: bool) -> dict[str, Any] | None:
+    def oos(self, run: Path, shots: int, k: int, names: bool, head: str | None = None) -> dict[str, Any] | None:
         """Out-of-scope detection by thresholding the top probability, the run adapted on each draw as for
         its accuracy: AUROC (in-scope test texts against ``oos_test``), and in-scope accuracy / out-of-scope
         recall at the threshold that maximises their mean on CLINC150's ``val`` split (in-scope ``val`` and
@@ -299,7 +318,7 @@ class Bench:
         from metactl.data.tensors import to_batch
         from metactl.evaluate import _head_only_inputs, algorithm_of_run, predict_in_chunks
 
-        meta, learner = self.load(run)
+        meta, learner = self.load(run, head)
         if not learner.model.adapts_head_only():
             return None
         cfg = TrainConfig(**meta["config"])
@@ -570,10 +589,14 @@ class Bench:
             elif cfg.get("train_body"):
                 desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "")
             desc += ", label names" if cfg.get("label_names") else ""
+            desc += ", probe head" if cfg.get("algo_options", {}).get("test_head") == "probe" else ""
             if a.run_steps in ("adapt", "both"):
                 metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
-                if cfg.get("label_names"):  # the ablation that costs no training: the same run adapted without the names
+                if cfg.get("label_names"):  # the ablations that cost no training: the same run adapted without the names,
                     metactl_rows.append(self.metactl_row(f"metactl:{run.name}:no-names", run, desc + " (adapted without them)", "", names=False))
+                if cfg.get("algo_options", {}).get("test_head") == "probe":  # and from its prototypes instead of the probe
+                    row = self.metactl_row(f"metactl:{run.name}:prototype-head", run, desc.replace(", probe head", ", prototype head"), "", head="prototype")
+                    metactl_rows.append(row)
             if a.run_steps in ("val", "both"):
                 metactl_rows.append(self.val_steps_row(run, desc))
         self.rows.extend(metactl_rows)

@@ -642,27 +642,25 @@ def intents_calibration(results: Path) -> list[str]:
     return lines
 
 
-ABLATIONS = {
-    "intents-hwu64": "the recipe (examples/configs/intents-hwu64.toml)",
-    "intents-hwu64-no-names": "label names off (training and adaptation)",
-    "intents-hwu64-ways10": "10-way episodes instead of 64-way",
-    "intents-hwu64-no-l2sp": "L2-SP off (--body-l2sp 0)",
-    "intents-hwu64-euclidean": "Euclidean prototypes at scale 1 instead of cosine at a learned temperature",
-}
-
-
 def intents_ablation(results: Path) -> list[str]:
-    """``metactl evaluate --all-classes`` of the recipe and its ablations (one ingredient off each), HWU64 unseen."""
-    path = results / "intents-hwu64-ablation.json"
-    if not path.is_file():
-        return ["Not run yet: `examples/results/intents-hwu64-ablation.json` (the commands above)."]
-    res = load(results, path.name)
-    lines = header("run", "accuracy (%, 5-shot, all 64 intents, 3 draws)", "ECE")
-    for r in res["runs"]:
-        name = Path(r["run"]).name
-        last = r["steps"][-1]
-        ece = r["ece"][len(r["steps"]) - 1]["mean"] if r.get("ece") else None
-        lines.append(row(ABLATIONS.get(name, name), pct(last["mean"], last["ci95"]), "–" if ece is None else f"{ece:.3f}"))
+    """The recipe with one ingredient off in turn, from the unseen-intents rows (5 / 10 shots): the names at
+    adaptation (``metactl:intents-<u>:no-names``), the probe head (``metactl:intents-<u>:prototype-head``: the
+    same run adapted from its prototypes) and the body training (``probe+names``: the frozen encoder)."""
+    found = [load(results, f"intents-{u}.json") for u in INTENTS_UNSEEN if (results / f"intents-{u}.json").is_file()]
+    lines = header("unseen", "variant", "1-shot", "5-shot", "10-shot")
+    for res in found:
+        u = res["unseen"]
+        rows = {r["row"]: r for r in res["rows"] if r.get("cells")}
+        variants = (
+            (f"metactl:intents-{u}", "the recipe"),
+            (f"metactl:intents-{u}:no-names", "label names off at adaptation"),
+            (f"metactl:intents-{u}:prototype-head", "prototype head instead of the probe head (the same run)"),
+            ("probe+names", "body training off (frozen encoder, probe head, label names)"),
+        )
+        for name, label in variants:
+            if name in rows:
+                cells = rows[name]["cells"]
+                lines.append(row(u, label, *(pct(cells[k]["mean"], cells[k]["ci95"]) if k in cells else "–" for k in ("1", "5", "10"))))
     return lines
 
 
