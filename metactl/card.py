@@ -155,7 +155,7 @@ def _backbone_lines(model: dict[str, Any], body: dict[str, Any]) -> list[str]:
 
 
 def _provenance(adapted: dict[str, Any], run: dict[str, Any] | None, algorithm: str, body: dict[str, Any], files: list[str]) -> list[str]:
-    """"What was adapted from what": algorithm, run, backbone or model, adaptation, files."""
+    """ "What was adapted from what": algorithm, run, backbone or model, adaptation, files."""
     cfg = (run or {}).get("config", {})
     trained = " (no longer readable)"
     if run:

@@ -469,7 +469,7 @@ def precompute_body(data: TaskData, learner: Learner, device: str, report: Repor
     for sampler in (data.train, data.val):
         if sampler is None:
             continue
-        pool = getattr(sampler, "pool", None)
+        pool = contract.hook(sampler, "pool")
         if sampler is data.train and seen is not None and pool is not None and seen < sum(pool.count(c) for c in range(pool.num_classes)):
             continue
         what = getattr(sampler, "what", "data")

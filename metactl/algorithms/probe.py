@@ -122,11 +122,6 @@ def validation_logits(feats: tuple[Tensor, Tensor, Tensor, Tensor], num_classes:
     return F.linear(qf.double(), w, b)
 
 
-def validation_accuracy(feats: tuple[Tensor, Tensor, Tensor, Tensor], num_classes: int, c: float, max_iter: int) -> float:
-    """Query accuracy of the probe fitted at ``c`` on one draw's (support features, labels, query features, labels)."""
-    return float((validation_logits(feats, num_classes, c, max_iter).argmax(-1) == feats[3]).double().mean())
-
-
 class LinearProbe(AlgorithmBase):
     """Baseline: logistic regression on the body's features (no meta-training), its C chosen on validation classes."""
 
@@ -182,17 +177,18 @@ class LinearProbe(AlgorithmBase):
         device = next(iter(learner.params.values())).device
         theta = {k: v.detach() for k, v in learner.params.items()}
         grid = cfg.c_grid if cfg.c is None else (cfg.c,)
-        scores, draws = np.zeros(len(grid)), []
+        logits: list[list[Tensor]] = [[] for _ in grid]  # per C, each draw's query logits (one fit per C and draw)
+        labels = []
         for d in range(cfg.c_draws):
             picks = validation_picks([pool.count(c) for c in classes], shots, seed, d)
             sx, sy, qx, qy = to_batch(validation_draw(pool, classes, picks), device).task(0)
             sf, qf = _draw_features(learner, theta, sx, qx)
-            draws.append((sf, sy, qf, qy))
-            scores += [validation_accuracy(draws[-1], len(classes), c, cfg.max_iter) for c in grid]
-        scores /= cfg.c_draws
-        best = grid[int(np.argmax(scores))]
-        z = torch.cat([validation_logits(f, len(classes), best, cfg.max_iter) for f in draws])
-        y = torch.cat([f[3] for f in draws])
+            for per_c, c in zip(logits, grid, strict=True):
+                per_c.append(validation_logits((sf, sy, qf, qy), len(classes), c, cfg.max_iter))
+            labels.append(qy)
+        scores = np.array([np.mean([float((z.argmax(-1) == y).double().mean()) for z, y in zip(per_c, labels, strict=True)]) for per_c in logits])
+        i = int(np.argmax(scores))
+        best, z, y = grid[i], torch.cat(logits[i]), torch.cat(labels)
         s = cfg.temperature if cfg.temperature is not None else fit_temperature(z, y)
         self.config = dataclasses.replace(cfg, c=best, temperature=s)
         return {

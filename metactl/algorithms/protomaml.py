@@ -204,9 +204,9 @@ class ProtoMAML(AlgorithmBase):
         Sets ``config.fitted_temperature``; returns it with the NLL and ECE at the trained s and at the
         refit one ({} for a Euclidean head, ``calibrate`` off, or nothing to fit on)."""
         cfg = self.config
-        classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
         if cfg.test_head == "probe":
             return self._select_probe(learner, pool, shots, seed)
+        classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
         if not (cfg.cosine and cfg.calibrate) or len(classes) < 2:
             return {}
         z, y = validation_logits(learner, pool, classes, shots, seed, cfg.calibration_draws, True)
@@ -239,10 +239,10 @@ class ProtoMAML(AlgorithmBase):
         starting head is the prototype head, or with ``test_head = "probe"`` the logistic regression fitted to
         the support features (C and s chosen on the validation classes): on a body the outer loop trained, at
         10 texts per intent the prototypes leave accuracy that a fitted linear head recovers."""
-        theta = {k: v.detach() for k, v in learner.params.items()}
         with torch.no_grad():
             if self.config.test_head == "probe":
                 start = self._probe().adapt(learner, x, y, 1)[-1]
             else:
+                theta = {k: v.detach() for k, v in learner.params.items()}
                 start = prototype_init(learner.replace(precision="fp32"), theta, x, y, *self.head_of(learner))
         return adapt_trajectory(learner.replace(params=start), x, y, steps)

@@ -713,7 +713,7 @@ def text_episodes(
     is one more support example (every label checked first: one without a word is an error). With
     ``cfg.episode_classes`` nearest or domain (``domains``: label -> domain) the training episodes' classes
     are chosen so; validation episodes stay random."""
-    how = getattr(cfg, "episode_classes", "random")
+    how = cfg.episode_classes
     choice: Any = NearestClasses if how == "nearest" else partial(DomainClasses, domains=domains, spec=cfg.data)
     if not cfg.label_names:
         val_episodes = ClassificationEpisodes(val, cfg.ways, cfg.shots, cfg.query_shots, "validation")
@@ -783,7 +783,7 @@ class Intents:
         parts = protocol_texts(found, protocol, cfg.val_classes, cfg.seed, cfg.ways)
         tok = load_tokenizer(tok_file, cfg.max_length)
         train, val = (TextPool.from_texts(parts[p], tok, cfg.max_length) for p in ("train", "val"))
-        domains = intent_domains(found, protocol, train.labels) if getattr(cfg, "episode_classes", "random") == "domain" else None
+        domains = intent_domains(found, protocol, train.labels) if cfg.episode_classes == "domain" else None
         train_episodes, val_episodes = text_episodes(cfg, train, val, tok, domains)
         intents, texts = _counts(parts)
         test = list(TEST_DOMAINS) if protocol == "domains" else (f"all {protocol.removeprefix('unseen-')} intents" if protocol else "the validation intents")
