@@ -272,8 +272,9 @@ def test_protomaml_refits_its_learned_temperature_on_validation_classes(unitvec:
     torch.testing.assert_close(head["head.weight"], config["fitted_temperature"] * protos / protos.norm(dim=-1, keepdim=True))
 
 
-def test_protomaml_probe_test_head_is_chosen_on_validation_and_used_by_adapt(unitvec: None, tmp_path: Path) -> None:
-    run = train(tmp_path / "run", "protomaml", algo_options={"test_head": "probe"})
+@pytest.mark.parametrize("algo", ["protomaml", "pretrain"])
+def test_probe_test_head_is_chosen_on_validation_and_used_by_adapt(algo: str, unitvec: None, tmp_path: Path) -> None:
+    run = train(tmp_path / "run", algo, algo_options={"test_head": "probe", "cosine": True})
     meta = read_meta(run)
     selection, config = meta["algorithm"]["selection"], meta["algorithm"]["config"]
     assert config["probe_c"] == selection["probe_c"] and config["probe_c"] in (0.1, 1.0, 10.0, 100.0, 1000.0)

@@ -98,3 +98,23 @@ def test_goal_table_compares_the_recipe_with_the_best_baseline(tmp_path: Path) -
     lines = docs.intents_goal(tmp_path)
     assert lines[2] == "| hwu64 | 5 | probe+names: 77.0 ± 1.0 | 80.0 ± 1.0 | +3.0 | met |"
     assert lines[3] == "| hwu64 | 10 | probe+names: 83.0 ± 1.0 | 84.0 ± 1.0 | +1.0 | short by 1.0 |"
+
+
+def test_an_ablation_run_is_described_by_what_it_changes_in_the_preset() -> None:
+    """``intents.py --ablation``: the description names each setting that differs from
+    examples/configs/intents-<unseen>.toml (an algorithm option the preset leaves unset included), and
+    nothing for the preset itself or for the budget."""
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("intents_bench", ROOT / "examples" / "benchmarks" / "intents.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    preset = tomllib.loads((ROOT / "examples" / "configs" / "intents-hwu64.toml").read_text(encoding="utf-8"))
+    assert bench.ablation_changes({**preset, "steps": 133, "time_budget": 60, "threads": 1}, "hwu64") == ["as the preset"]
+    changed = {**preset, "ways": 10, "body_l2sp": 0.0, "algo_options": {**preset["algo_options"], "cosine": False}}
+    assert bench.ablation_changes(changed, "hwu64") == [
+        "no L2-SP", "Euclidean prototypes at scale 1 (recipe: cosine, learned temperature)", "10-way episodes (recipe 64)",
+    ]  # fmt: skip
+    pretrain = {**preset, "algo": "pretrain", "meta_lr": 0.01, "algo_options": {"cosine": True, "test_head": "probe"}}
+    assert bench.ablation_changes(pretrain, "hwu64") == ["all-intents cosine-softmax pre-training instead of episodes"]

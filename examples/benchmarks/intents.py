@@ -24,11 +24,15 @@ row and for ``metactl evaluate``), scored on its whole in-scope ``test`` split. 
   adapted as ``metactl adapt`` adapts them (the run's validated step count, learned α); with ``--run-steps
   val`` (or ``both``) the step count is instead the best of 0..``--max-run-steps`` at each K on the run's
   validation intents in the same all-intents setting (``metactl evaluate --split val --all-classes``);
+- one row per ``--ablation UNSEEN=RUN``: a run of the recipe (``examples/configs/intents-UNSEEN.toml``) with
+  settings changed (``--ways 10``, ``--body-l2sp 0``, ``algo_options.cosine = false``, ``--algo pretrain``, …),
+  adapted as ``metactl adapt`` adapts it; its description names what differs from the preset and the
+  outer steps it ran (named ``ablation:<run dir>``);
 - ``onnx``: the best ``--run`` row at the first ``--onnx-shots`` K (or ``--onnx-from ROW``), adapted on each
   draw (``metactl adapt``), exported (``metactl export --onnx --quantize int8``) and scored through
   onnxruntime + tokenizers, float and int8, with batch-1 latency and file size.
 
-``--rows`` computes only the rows named (centroid probe pretrain finetune setfit runs onnx) and keeps the
+``--rows`` computes only the rows named (centroid probe pretrain finetune setfit runs ablations onnx) and keeps the
 others from the existing JSON, so slow rows can be added one at a time; ``--shots`` likewise keeps a row's
 cells at the other K. Fine-tuning reuses the validation accuracy of each learning rate, and the test
 figures of the chosen one, that the JSON already holds for the same seed, draws and training settings (a
@@ -57,7 +61,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 UNSEEN = ("clinc150", "banking77", "hwu64")
-ROWS = ("centroid", "probe", "pretrain", "finetune", "setfit", "runs", "onnx")
+ROWS = ("centroid", "probe", "pretrain", "finetune", "setfit", "runs", "ablations", "onnx")
+SAME = ("protocol", "steps", "time_budget", "threads", "seed", "device")  # settings an ablation may change without saying so
 
 
 def cell(values: np.ndarray) -> dict[str, Any]:
@@ -380,6 +385,15 @@ class Bench:
         description += ", steps chosen per K on validation"
         return {**sub, "row": f"metactl:{run.name}:val-steps", "description": description, "cells": cells, "command": command}
 
+    def ablation_row(self, run: Path) -> dict[str, Any]:
+        """A run of the recipe with some settings changed, adapted as ``metactl adapt`` adapts it."""
+        from metactl.runs import read_meta
+
+        meta = read_meta(run)
+        description = "the recipe, " + ", ".join(ablation_changes(meta["config"], self.unseen)) + f"; {meta['steps_done']} outer steps"
+        row = self.metactl_row(f"ablation:{run.name}", run, description, f"metactl meta-train ... --out {run}")
+        return {**row, "steps_done": meta["steps_done"]}
+
     # --- plain fine-tuning of the whole encoder ----------------------------------------------------
 
     def finetune_row(self) -> dict[str, Any]:
@@ -600,6 +614,8 @@ class Bench:
             if a.run_steps in ("val", "both"):
                 metactl_rows.append(self.val_steps_row(run, desc))
         self.rows.extend(metactl_rows)
+        if "ablations" in a.rows:
+            self.rows.extend(self.ablation_row(run) for run in a.ablation.get(self.unseen, []))
         if "onnx" in a.rows:
             onnx_from = [r for r in self.rows if r["row"] == a.onnx_from] if a.onnx_from else metactl_rows
             scored = [r for r in onnx_from if any(str(k) in r.get("cells", {}) for k in a.onnx_shots)]
@@ -623,6 +639,37 @@ class Bench:
         }
 
 
+CHANGES = {
+    "ways": lambda v, p: f"{v}-way episodes (recipe {p})",
+    "body_warmup": lambda v, p: "no body warmup" if not v else f"body warmup {v} steps (recipe {p})",
+    "body_l2sp": lambda v, p: "no L2-SP" if not v else f"L2-SP {v:g} (recipe {p:g})",
+    "keep_best": lambda v, p: "the last θ kept, not the best on validation" if not v else "the best θ on validation kept",
+    "label_names": lambda v, p: "no label names" if not v else "label names",
+    "algo": lambda v, p: "all-intents cosine-softmax pre-training instead of episodes" if v == "pretrain" else f"--algo {v} (recipe {p})",
+    "cosine": lambda v, p: "Euclidean prototypes at scale 1 (recipe: cosine, learned temperature)" if v is False else f"cosine {v} (recipe {p})",
+}
+
+
+def ablation_changes(config: dict[str, Any], unseen: str) -> list[str]:
+    """What a run's config changes against the recipe preset ``examples/configs/intents-<unseen>.toml``
+    (the settings of ``SAME`` aside; a ``--algo pretrain`` run's own learning rate aside)."""
+    import tomllib
+
+    preset = tomllib.loads((ROOT / "examples" / "configs" / f"intents-{unseen}.toml").read_text(encoding="utf-8"))
+    mine = {**config, **config.get("algo_options", {})}
+    theirs = {**{k: v for k, v in preset.items() if k != "algo_options"}, **preset.get("algo_options", {})}
+    if config.get("algo") == preset.get("algo"):  # an option the preset leaves at its default (None: the algorithm decides)
+        theirs = {**{k: None for k in config.get("algo_options", {})}, **theirs}
+    out = []
+    for key in sorted(set(mine) | set(theirs)):
+        if key in SAME or key in ("algo_options", "backbone", "data", "test_head") or (key == "meta_lr" and mine.get("algo") != theirs.get("algo")):
+            continue
+        v, p = mine.get(key), theirs.get(key)
+        if key in theirs and v != p:
+            out.append(CHANGES.get(key, lambda v, p, key=key: f"{key} = {v} (recipe {p})")(v, p))
+    return out or ["as the preset"]
+
+
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` with the rows of ``old`` it did not compute (``--rows``) and the cells of ``old``'s rows at
     the K it did not compute (``--shots``): a row is replaced by a new row of its name unless the new one
@@ -638,7 +685,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             rows[r["row"]] = r
 
     def rank(name: str) -> tuple[int, str]:
-        group = "runs" if name.startswith("metactl:") else name.split("+")[0]
+        group = "runs" if name.startswith("metactl:") else "ablations" if name.startswith("ablation:") else name.split("+")[0]
         return (ROWS.index(group) if group in ROWS else len(ROWS), name)
 
     shots = sorted(set(old.get("shots", [])) | set(new["shots"]))
@@ -684,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run", action="append", default=[], metavar="UNSEEN=RUN", help="a meta-trained run to score (repeatable)")
+    p.add_argument("--ablation", action="append", default=[], metavar="UNSEEN=RUN", help="a run of the recipe with settings changed (repeatable)")
     p.add_argument("--pretrain-run", action="append", default=[], metavar="UNSEEN=RUN", help="an --algo pretrain run")
     p.add_argument("--pretrain-lrs", nargs="+", type=float, default=[1.0, 3.0, 10.0, 30.0, 100.0])
     p.add_argument("--pretrain-steps", type=int, default=160)
@@ -709,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="recompute fine-tuning cells even where OUT_DIR's JSON has them for the same settings")
     args = p.parse_args(argv)
     args.run = pairs(args.run, "--run")
+    args.ablation = pairs(args.ablation, "--ablation")
     args.pretrain_run = {k: v[-1] for k, v in pairs(args.pretrain_run, "--pretrain-run").items()}
     args.backbone, args.intents = args.backbone.resolve(), args.intents.resolve()
     args.out_dir.mkdir(parents=True, exist_ok=True)

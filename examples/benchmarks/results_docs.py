@@ -645,7 +645,8 @@ def intents_calibration(results: Path) -> list[str]:
 def intents_ablation(results: Path) -> list[str]:
     """The recipe with one ingredient off in turn, from the unseen-intents rows (5 / 10 shots): the names at
     adaptation (``metactl:intents-<u>:no-names``), the probe head (``metactl:intents-<u>:prototype-head``: the
-    same run adapted from its prototypes) and the body training (``probe+names``: the frozen encoder)."""
+    same run adapted from its prototypes) and the body training (``probe+names``: the frozen encoder); then
+    the runs of the recipe with settings changed (``ablation:<run>`` rows, ``intents.py --ablation``)."""
     found = [load(results, f"intents-{u}.json") for u in INTENTS_UNSEEN if (results / f"intents-{u}.json").is_file()]
     lines = header("unseen", "variant", "1-shot", "5-shot", "10-shot")
     for res in found:
@@ -657,6 +658,8 @@ def intents_ablation(results: Path) -> list[str]:
             (f"metactl:intents-{u}:prototype-head", "prototype head instead of the probe head (the same run)"),
             ("probe+names", "body training off (frozen encoder, probe head, label names)"),
         )
+        runs = sorted((n for n in rows if n.startswith("ablation:")), key=lambda n: ("as the preset" not in rows[n]["description"], n))
+        variants += tuple((n, rows[n]["description"]) for n in runs)  # the recipe at the ablations' budget first
         for name, label in variants:
             if name in rows:
                 cells = rows[name]["cells"]

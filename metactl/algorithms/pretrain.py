@@ -12,6 +12,11 @@ class weights and the features both L2-normalised, with log s learned (initial s
 :func:`metactl.heads.add_log_temperature`) — the all-intents cosine-softmax pre-training of a text
 body, whose scale-1 dot products of unit vectors would otherwise give a nearly flat softmax.
 
+``test_head = "probe"``: adapt, evaluate and export start from a logistic regression on the pretrained
+body's features (its C and temperature chosen on the validation classes after training, exactly as
+``--algo probe`` chooses them) instead of fine-tuning a zero head — a pre-trained body scored with the
+head the meta-learned ones get (``protomaml``'s ``test_head``).
+
 Usage::
 
     metactl meta-train --algo pretrain --meta-batch 8
@@ -20,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metactl.algorithms.probe import LinearProbe, ProbeConfig
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, cosine_logits, temperature
@@ -39,8 +46,13 @@ class PretrainConfig:
     tasks_per_forward: int = 2  # episodes per forward/backward (BatchNorm batch); 0 = the whole meta-batch
     cosine: bool = False  # logits s·cos(w_c, f) (normalised class weights and features), log s learned
     temperature: float = 10.0  # the initial s of the cosine logits
+    test_head: str = "finetune"  # adapt/evaluate/export: a zero head fine-tuned, or "probe" (a logistic regression, no steps)
+    probe_c: float | None = None  # test_head "probe": its C; None: chosen on the validation classes after training
+    probe_temperature: float | None = None  # test_head "probe": its s; None: fitted on the validation classes
 
     def __post_init__(self) -> None:
+        if self.test_head not in ("finetune", "probe"):
+            raise ValueError("test_head must be finetune or probe")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing must be in [0, 1)")
         if self.tasks_per_forward < 0:
@@ -107,5 +119,23 @@ class Pretrain(AlgorithmBase):
             total_metric += metric * (hi - lo) / b
         return {"loss": total_loss, "metric": total_metric}
 
+    def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
+        """``test_head = "probe"``: its C and s chosen on the validation ``pool`` as ``--algo probe`` chooses them ({} otherwise)."""
+        if self.config.test_head != "probe":
+            return {}
+        probe = self._probe()
+        choice = probe.select_on_validation(learner, pool, shots, seed)
+        self.config = dataclasses.replace(self.config, probe_c=probe.config.c, probe_temperature=probe.config.temperature)
+        return {f"probe_{k}" if k in ("c", "temperature") else k: v for k, v in choice.items()}
+
+    def _probe(self) -> LinearProbe:
+        return LinearProbe(ProbeConfig(c=self.config.probe_c, temperature=self.config.probe_temperature), None)
+
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
+        """Fine-tuning from θ's zero head, or with ``test_head = "probe"`` from the logistic regression fitted to
+        the support features (``steps`` plain inner steps from it)."""
+        if self.config.test_head == "probe":
+            with torch.no_grad():
+                start = self._probe().adapt(learner, x, y, 1)[-1]
+            return adapt_trajectory(learner.replace(params=start), x, y, steps)
         return adapt_trajectory(learner, x, y, steps)
