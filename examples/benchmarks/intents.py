@@ -603,12 +603,13 @@ class Bench:
             elif cfg.get("train_body"):
                 desc += " --train-body" + (f" (body lr {cfg['body_lr']:g})" if cfg.get("body_lr") else "")
             desc += ", label names" if cfg.get("label_names") else ""
-            desc += ", probe head" if cfg.get("algo_options", {}).get("test_head") == "probe" else ""
+            probe_head = cfg.get("algo_options", {}).get("test_head") == "probe"
+            desc += ", probe head" if probe_head else ""
             if a.run_steps in ("adapt", "both"):
                 metactl_rows.append(self.metactl_row(f"metactl:{run.name}", run, desc, f"metactl meta-train ... --out {run}"))
                 if cfg.get("label_names"):  # the ablations that cost no training: the same run adapted without the names,
                     metactl_rows.append(self.metactl_row(f"metactl:{run.name}:no-names", run, desc + " (adapted without them)", "", names=False))
-                if cfg.get("algo_options", {}).get("test_head") == "probe":  # and from its prototypes instead of the probe
+                if probe_head:  # and from its prototypes instead of the probe
                     row = self.metactl_row(f"metactl:{run.name}:prototype-head", run, desc.replace(", probe head", ", prototype head"), "", head="prototype")
                     metactl_rows.append(row)
             if a.run_steps in ("val", "both"):

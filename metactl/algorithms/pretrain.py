@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.algorithms.probe import LinearProbe, ProbeConfig
+from metactl.algorithms.probe import probe_head_start, select_probe_head
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, cosine_logits, temperature
@@ -123,19 +122,12 @@ class Pretrain(AlgorithmBase):
         """``test_head = "probe"``: its C and s chosen on the validation ``pool`` as ``--algo probe`` chooses them ({} otherwise)."""
         if self.config.test_head != "probe":
             return {}
-        probe = self._probe()
-        choice = probe.select_on_validation(learner, pool, shots, seed)
-        self.config = dataclasses.replace(self.config, probe_c=probe.config.c, probe_temperature=probe.config.temperature)
-        return {f"probe_{k}" if k in ("c", "temperature") else k: v for k, v in choice.items()}
-
-    def _probe(self) -> LinearProbe:
-        return LinearProbe(ProbeConfig(c=self.config.probe_c, temperature=self.config.probe_temperature), None)
+        self.config, choice = select_probe_head(self.config, learner, pool, shots, seed)
+        return choice
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """Fine-tuning from θ's zero head, or with ``test_head = "probe"`` from the logistic regression fitted to
         the support features (``steps`` plain inner steps from it)."""
         if self.config.test_head == "probe":
-            with torch.no_grad():
-                start = self._probe().adapt(learner, x, y, 1)[-1]
-            return adapt_trajectory(learner.replace(params=start), x, y, steps)
+            return adapt_trajectory(learner.replace(params=probe_head_start(self.config, learner, x, y)), x, y, steps)
         return adapt_trajectory(learner, x, y, steps)

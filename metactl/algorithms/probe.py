@@ -200,3 +200,21 @@ class LinearProbe(AlgorithmBase):
             "shots": shots,
             "draws": cfg.c_draws,
         }
+
+
+# --- the probe as another algorithm's test-time head (protomaml, pretrain: ``test_head = "probe"``) ------------
+
+
+def probe_head_start(config: Any, learner: Learner, x: Inputs, y: Tensor) -> Params:
+    """θ with the probe at ``config.probe_c`` / ``config.probe_temperature`` fitted to the support (x, y) as its head."""
+    with torch.no_grad():
+        return LinearProbe(ProbeConfig(c=config.probe_c, temperature=config.probe_temperature), None).adapt(learner, x, y, 1)[-1]
+
+
+def select_probe_head(config: Any, learner: Learner, pool: Any, shots: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The probe head's C and s chosen on the validation ``pool`` exactly as ``--algo probe`` chooses them: ``config``
+    with ``probe_c`` and ``probe_temperature`` set, and the choice to record (``c``, ``temperature`` as ``probe_*``)."""
+    probe = LinearProbe(ProbeConfig(c=config.probe_c, temperature=config.probe_temperature), None)
+    choice = probe.select_on_validation(learner, pool, shots, seed)
+    chosen = dataclasses.replace(config, probe_c=probe.config.c, probe_temperature=probe.config.temperature)
+    return chosen, {f"probe_{k}" if k in ("c", "temperature") else k: v for k, v in choice.items()}

@@ -57,7 +57,7 @@ from torch import Tensor
 
 from metactl.algorithms.anil import head_step
 from metactl.algorithms.centroid import validation_ece, validation_logits
-from metactl.algorithms.probe import LinearProbe, ProbeConfig
+from metactl.algorithms.probe import probe_head_start, select_probe_head
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, fit_temperature, prototype_head, resolve_cosine, scaled_nll, temperature
@@ -204,8 +204,9 @@ class ProtoMAML(AlgorithmBase):
         Sets ``config.fitted_temperature``; returns it with the NLL and ECE at the trained s and at the
         refit one ({} for a Euclidean head, ``calibrate`` off, or nothing to fit on)."""
         cfg = self.config
-        if cfg.test_head == "probe":
-            return self._select_probe(learner, pool, shots, seed)
+        if cfg.test_head == "probe":  # C and s of the probe head, chosen as --algo probe chooses them
+            self.config, choice = select_probe_head(cfg, learner, pool, shots, seed)
+            return choice
         classes = [c for c in range(pool.num_classes) if pool.count(c) > shots]
         if not (cfg.cosine and cfg.calibrate) or len(classes) < 2:
             return {}
@@ -223,26 +224,15 @@ class ProtoMAML(AlgorithmBase):
             "draws": cfg.calibration_draws,
         }
 
-    def _probe(self) -> LinearProbe:
-        """The logistic-regression head of ``test_head = "probe"`` at this run's C and s."""
-        return LinearProbe(ProbeConfig(c=self.config.probe_c, temperature=self.config.probe_temperature), None)
-
-    def _select_probe(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
-        """``test_head = "probe"``: its C and s chosen on the validation ``pool`` exactly as ``--algo probe`` chooses them."""
-        probe = self._probe()
-        choice = probe.select_on_validation(learner, pool, shots, seed)
-        self.config = dataclasses.replace(self.config, probe_c=probe.config.c, probe_temperature=probe.config.temperature)
-        return {f"probe_{k}" if k in ("c", "temperature") else k: v for k, v in choice.items()}
-
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the starting head (step 0), then ``steps`` first-order inner steps from it (detached). The
         starting head is the prototype head, or with ``test_head = "probe"`` the logistic regression fitted to
         the support features (C and s chosen on the validation classes): on a body the outer loop trained, at
         10 texts per intent the prototypes leave accuracy that a fitted linear head recovers."""
-        with torch.no_grad():
-            if self.config.test_head == "probe":
-                start = self._probe().adapt(learner, x, y, 1)[-1]
-            else:
+        if self.config.test_head == "probe":
+            start = probe_head_start(self.config, learner, x, y)
+        else:
+            with torch.no_grad():
                 theta = {k: v.detach() for k, v in learner.params.items()}
                 start = prototype_init(learner.replace(precision="fp32"), theta, x, y, *self.head_of(learner))
         return adapt_trajectory(learner.replace(params=start), x, y, steps)
