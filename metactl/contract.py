@@ -33,6 +33,8 @@ EpisodeBatch = Any  # metactl.data.episodes.EpisodeBatch
 TaskData = Any  # metactl.data.sources.TaskData
 LabeledExamples = Any  # metactl.data.examples.LabeledExamples
 ClassPool = Any  # metactl.data.episodes.ClassPool: labeled examples by class (num_classes, count, take)
+HeadAdaptation = Any  # metactl.adapt_graph.HeadAdaptation: a head adaptation as data (export --adaptable)
+AdaptableModules = Any  # metactl.models.AdaptableModules: what export --adaptable traces
 InnerLrShape = Literal["layer", "element", "step"]
 
 
@@ -89,6 +91,13 @@ class Algorithm(Protocol):
         never test classes), ``--shots`` and ``--seed``: choose a setting of ``config`` on them and set it
         (``adapt``, ``evaluate`` and ``export`` then use the recorded config). Returns what to record as the
         run's ``algorithm.selection`` ({}: nothing chosen)."""
+        ...
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """OPTIONAL. For ``export --adaptable``: the head adaptation ``adapt(learner, x, y, steps)`` performs, as data
+        (``metactl.adapt_graph.HeadAdaptation``: prototype / θ's / zero / probe start, then per-step α), from which
+        ``adapt.onnx`` is built. Only for an inner loop that adapts the head alone; raise
+        ``metactl.adapt_graph.NotAdaptable`` (saying why) for a run whose adaptation changes the body."""
         ...
 
 
@@ -176,6 +185,13 @@ class Model(Protocol):
 
     def adapted_assets(self) -> dict[str, bytes]:
         """OPTIONAL. Extra files of the adapted folder (relative path -> content), e.g. the LoRA as a PEFT adapter."""
+        ...
+
+    def adaptable_modules(self, preprocessing: dict[str, Any]) -> AdaptableModules:
+        """OPTIONAL. For ``export --adaptable``: the modules traced into ``embed.onnx`` (the model's inputs ->
+        ``features`` [B, D], plus the normalisation statistics of that batch when the model has some) and, when
+        the model normalises with support statistics, into the body of ``classify.onnx`` (the model's inputs and
+        those statistics -> ``features``). ``metactl.models.AdaptableModules``."""
         ...
 
 
@@ -366,9 +382,9 @@ POINTS: tuple[ExtensionPoint, ...] = (
 HELPERS: tuple[type, ...] = (ExportModule, Sampler, PredictInputs)  # protocols the points' members return
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
-    Algorithm: ("select_on_validation",),
+    Algorithm: ("select_on_validation", "adaptable_head"),
     ExportModule: ("dynamic_axes",),
-    Model: ("export_assets", "adapted_assets"),
+    Model: ("export_assets", "adapted_assets", "adaptable_modules"),
     Sampler: ("ways", "what", "pool", "query_chunk", "precompute", "precompute_hidden", "precompute_centroids", "draw", "episodes"),
     TaskSource: ("all_classes", "by_domain"),
     MetricLogger: ("check",),

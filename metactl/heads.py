@@ -23,10 +23,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation
 from metactl.api import Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 
@@ -145,7 +147,38 @@ def fitted_head_metrics(learner: Learner, batch: TaskBatch, fit: Callable[[Learn
     return {"loss": loss / len(batch), "metric": metric / len(batch)}
 
 
+def head_alphas(learner: Learner, steps: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """(α of the head's weight, α of its bias) at each of ``steps`` inner steps, as float32 arrays (``export --adaptable``)."""
+    w, b = learner.head
+    return tuple(tuple(learner.lr(n, k).detach().cpu().float().numpy() for n in (w, b)) for k in range(steps))  # type: ignore[misc]
+
+
+def head_arrays(learner: Learner) -> dict[str, np.ndarray]:
+    """θ's head as float32 arrays: ``weight`` and ``bias`` of a :class:`HeadAdaptation` that starts from it."""
+    w, b = learner.head
+    return {"weight": learner.params[w].detach().cpu().float().numpy(), "bias": learner.params[b].detach().cpu().float().numpy()}
+
+
+def closed_form_adaptation(learner: Learner, steps: int, fitted: HeadAdaptation) -> HeadAdaptation:
+    """A closed-form head's adaptation (centroid, probe, protonet): θ's head at 0 steps, the fitted head at any other count."""
+    return fitted if steps > 0 else HeadAdaptation("initial", **head_arrays(learner))
+
+
 __all__ = [
-    "LOG_TEMPERATURE", "add_log_temperature", "cosine_head", "cosine_logits", "euclidean_head", "fit_temperature",
-    "fitted_head", "fitted_head_metrics", "prototype_head", "prototypes", "resolve_cosine", "temperature", "unit_norm_body",
+    "LOG_TEMPERATURE",
+    "add_log_temperature",
+    "closed_form_adaptation",
+    "cosine_head",
+    "cosine_logits",
+    "euclidean_head",
+    "fit_temperature",
+    "fitted_head",
+    "fitted_head_metrics",
+    "head_alphas",
+    "head_arrays",
+    "prototype_head",
+    "prototypes",
+    "resolve_cosine",
+    "temperature",
+    "unit_norm_body",
 ]  # fmt: skip

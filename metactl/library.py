@@ -35,9 +35,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextCol
 from rich.text import Text
 
 from metactl import adapt as adapt_module
+from metactl import adaptable as adaptable_module
 from metactl import evaluate as evaluate_module
 from metactl import export as export_module
-from metactl import loggers, runtime, train
+from metactl import loggers, runtime, runtime_adapt, train
 from metactl import plot as plotting
 from metactl import runs as rundirs
 from metactl.config import EvaluateOptions, TrainConfig, check_types, load_toml, resolve
@@ -291,9 +292,16 @@ def adapt(
     command: str | None = None,
     label_names: bool | None = None,
 ) -> AdaptResult:
-    """Adapt a meta-trained run (``run``, the CLI's ``--from``; default: the newest under ./runs) to the
+    """Adapt a meta-trained run (``run``, the CLI's ``--from``; default: the newest under ./runs; or an adaptable
+    export, adapted with onnxruntime alone and returning a ``RuntimeAdaptResult``) to the
     labeled examples in ``support`` with its learned per-layer learning rates (``metactl adapt``).
     ``label_names``: each label's readable name is one more support example (text; None: as the run trained)."""
+    source = _optional_path(run)
+    if source is not None and runtime_adapt.is_adaptable(source):  # an adaptable export: onnxruntime alone
+        if steps is not None or device != "cpu":
+            raise MetactlError("steps and device do not apply to an adaptable export (its steps are in adapt.onnx).", "Leave them out.")
+        with _status("adapting with onnxruntime", quiet):
+            return runtime_adapt.adapt_onnx(source, _path_of(support), _path_of(out), force, _optional_path(query), label_names, command)  # type: ignore[return-value]
     with _status("adapting", quiet):
         return adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command, label_names)
 
@@ -315,6 +323,16 @@ def export(
         raise MetactlError("--no-onnx leaves nothing to export.", "Drop --no-onnx.")
     with _status("exporting and checking", quiet):
         return export_module.export(_path_of(adapted), _path_of(out), quantize, force, command)
+
+
+@api
+def export_adaptable(
+    run: str | Path | TrainResult | None = None, *, out: str | Path = "adaptable", force: bool = False, quiet: bool = False, command: str | None = None
+) -> Any:
+    """Export a run whose inner loop adapts only the head as embed/adapt/classify ONNX graphs (``metactl export
+    --adaptable``): adaptation then runs wherever onnxruntime does (``adapt`` with that folder, no torch)."""
+    with _status("exporting the adaptable graphs and checking them", quiet):
+        return adaptable_module.export_adaptable(_optional_path(run), _path_of(out), force, command)
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------
@@ -413,4 +431,6 @@ def predict(model: str | Path | ExportResult, inputs: str | Path | Sequence[str 
     return runtime.predict(_path_of(model), [str(i) for i in inputs], top_k)
 
 
-__all__ = ["AdaptResult", "EvaluateResult", "ExportResult", "RunCurve", "TrainResult", "adapt", "evaluate", "export", "meta_train", "predict"]
+__all__ = [
+    "AdaptResult", "EvaluateResult", "ExportResult", "RunCurve", "TrainResult", "adapt", "evaluate", "export", "export_adaptable", "meta_train", "predict",
+]  # fmt: skip

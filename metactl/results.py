@@ -69,4 +69,17 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
 
 
-__all__ = ["AdaptResult", "ExportResult", "TrainResult"]
+@dataclass(frozen=True)
+class AdaptableResult:
+    """An adaptable folder (``export --adaptable``): embed.onnx, adapt.onnx, classify.onnx, metactl.json, README.md."""
+
+    path: Path
+    algorithm: str
+    modality: str  # "image" or "text"
+    sizes: dict[str, int]  # bytes of each graph
+    head_parity: float  # adapt graph vs the algorithm's adapt in torch, max abs difference of the head
+    parity: float  # classify graph vs torch, max abs difference of the probabilities
+    files: list[str] = field(default_factory=list)
+
+
+__all__ = ["AdaptResult", "AdaptableResult", "ExportResult", "TrainResult"]

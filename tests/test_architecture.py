@@ -23,15 +23,17 @@ ROOT_PACKAGE = "metactl"  # a layer entry that is the package root names the roo
 MAX_FUNCTION_LINES = 80  # from the ``def`` line to the body's last line (decorators not counted), nested functions included
 
 LAYERS: list[tuple[str, ...]] = [
-    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract", "metactl.calibration"),
+    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract", "metactl.calibration", "metactl.graph_build"),
+    ("metactl.files", "metactl.adapt_probe"),
     ("metactl.config", "metactl.api", "metactl.distributed", "metactl.launch", "metactl.backbones", "metactl.hidden"),
-    ("metactl.registry", "metactl.perf"),
+    ("metactl.registry", "metactl.perf", "metactl.adapt_graph"),
     ("metactl.loggers", "metactl.inner", "metactl.data", "metactl.models", "metactl.heads"),
     ("metactl.modalities",),
-    ("metactl.algorithms", "metactl.runs", "metactl.runtime", "metactl.card"),
+    ("metactl.algorithms", "metactl.runs", "metactl.runtime", "metactl.runtime_adapt", "metactl.card"),
     ("metactl.evaluate", "metactl.plot", "metactl.results"),
     ("metactl.train", "metactl.adapt"),
     ("metactl.export",),
+    ("metactl.adaptable",),
     ("metactl.library",),
     ("metactl.testing", "metactl.cli", ROOT_PACKAGE),
     ("metactl.__main__",),

@@ -286,12 +286,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from metactl import runs
+    from metactl import files, runs
     from metactl.config import TrainConfig
     from metactl.errors import MetactlError
     from metactl.train import meta_train
 
-    real = runs._atomic_write
+    real = files._atomic_write
     calls = {"n": 0}
 
     def flaky(path: Path, data: bytes) -> None:
@@ -301,7 +301,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path: P
                 raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(runs, "_atomic_write", flaky)
+    monkeypatch.setattr(files, "_atomic_write", flaky)
     cfg = TrainConfig(data="sinusoid", shots=5, inner_lr=0.01, steps=10, meta_batch=2, width=8, eval_every=0, eval_episodes=2, checkpoint_every=3, threads=1)
     out = tmp_path / "run"
     with pytest.raises(MetactlError, match=r"No space left on device.*previous version of the file is unchanged"):

@@ -541,6 +541,53 @@ def body_speed(results: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _seconds(x: float | None) -> str:
+    return "–" if x is None else (f"{1000 * x:.0f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def adapt_onnx(results: Path) -> list[str]:
+    """examples/benchmarks/adapt_onnx.py: the same support adapted with onnxruntime, with torch and in the page; graph sizes; install size."""
+    data = load(results, "adapt-onnx.json")
+    out = header(
+        "run", "support (ways × shots)", "onnxruntime: embed + adapt", "page: embed + adapt", "in process: onnxruntime", "in process: torch",
+        "`metactl adapt` process: onnxruntime", "`metactl adapt` process: torch", "torch ÷ onnxruntime (process)", "head max abs diff",
+    )  # fmt: skip
+    for run in data["runs"]:
+        name = f"{run['modality']}, {run['algorithm']}"
+        for r in run["rows"]:
+            out.append(
+                row(
+                    name, f"{r['ways']} × {r['shots']}", f"{_seconds(r['onnx_embed_seconds'])} + {_seconds(r['onnx_adapt_seconds'])}",
+                    _seconds(r.get("page_embed_adapt_seconds")), _seconds(r["onnx_call_seconds"]), _seconds(r["torch_call_seconds"]),
+                    _seconds(r["onnx_cli_seconds"]), _seconds(r["torch_cli_seconds"]), f"{r['torch_cli_over_onnx_cli']:.1f}×", sci(r["head_max_abs_diff"]),
+                )
+            )  # fmt: skip
+    out += ["", *header("run", "embed.onnx", "adapt.onnx", "classify.onnx", "start (trained count / other counts)", "steps")]
+    for run in data["runs"]:
+        sizes, ad = run["graph_bytes"], run["adaptation"]
+        steps = f"{ad['trained_classes']['steps']} / {ad['other']['steps']}"
+        out.append(
+            row(
+                f"{run['modality']}, {run['algorithm']}", _megabytes(sizes["embed.onnx"]), _megabytes(sizes["adapt.onnx"]),
+                _megabytes(sizes["classify.onnx"]), f"{ad['trained_classes']['start']} / {ad['other']['start']}", steps,
+            )
+        )  # fmt: skip
+    machine = data["machine"]
+    out += ["", f"{machine['cpu_count']} CPUs, torch {machine['torch']}; 1-minute load average {machine['load_average_1min_start']:.1f} at the start, "
+            f"{machine['load_average_1min_end']:.1f} at the end. Command: `{data['command']}`."]  # fmt: skip
+    install = data.get("install")
+    if install:
+        client, torch_cpu = install["torch_free_client"], install["torch_cpu"]
+        out += ["", f"Install size (a fresh virtual environment's site-packages): the torch-free client ({', '.join(client['packages'])}) "
+                f"{client['megabytes']:.0f} MB; the CPU torch wheel alone ({', '.join(torch_cpu['packages'])}) {torch_cpu['megabytes']:.0f} MB, "
+                f"{install['ratio']:.1f}× more."]  # fmt: skip
+    return out
+
+
 def gpu(results: Path) -> list[str]:
     """examples/benchmarks/gpu_check.sh on one GPU: each run's steps in its budget and its validation (and test) accuracy."""
     device = load(results, "gpu-omniglot-device.json")
@@ -692,6 +739,7 @@ TABLES: dict[str, tuple[str, Builder]] = {
     "text-speed": ("speed.md", text_speed),
     "body-speed": ("speed.md", body_speed),
     "gpu": ("gpu.md", gpu),
+    "adapt-onnx": ("adaptable.md", adapt_onnx),
 }
 
 

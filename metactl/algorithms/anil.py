@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
+from metactl.heads import head_alphas, head_arrays
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class ANIL(AlgorithmBase):
                 total_metric += learner.metric(out.detach(), batch.query_y[i])
             (objective / b).backward()
         return {"loss": total_loss / b, "metric": total_metric / b}
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """``adapt``'s ``steps`` head steps from θ's head, with the learned α of each (export --adaptable)."""
+        return HeadAdaptation("initial", **head_arrays(learner), alphas=head_alphas(learner, steps))
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         theta = {k: v.detach() for k, v in learner.params.items()}

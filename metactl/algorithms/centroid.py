@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation
 from metactl.algorithms.probe import _draw_features, validation_draw, validation_picks
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch
 from metactl.calibration import expected_calibration_error
 from metactl.data.tensors import to_batch
-from metactl.heads import fit_temperature, fitted_head, fitted_head_metrics, prototype_head, resolve_cosine, scaled_nll
+from metactl.heads import closed_form_adaptation, fit_temperature, fitted_head, fitted_head_metrics, prototype_head, resolve_cosine, scaled_nll
 
 FALLBACK_TEMPERATURE = 1.0  # a run that could not fit s (no validation classes), or one recorded before the fit
 
@@ -117,6 +118,10 @@ class NearestCentroid(AlgorithmBase):
         theta = {k: v.detach() for k, v in learner.params.items()}
         fitted = self._head(learner, theta, x, y)
         return [dict(theta)] + [dict(fitted) for _ in range(steps)]
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """The centroid head at s (θ's head at 0 steps), as ``adapt`` builds it (export --adaptable)."""
+        return closed_form_adaptation(learner, steps, HeadAdaptation("prototype", cosine=bool(self.config.cosine), scale=self.temperature))
 
     def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
         """Fit s (when ``temperature`` is unset) on the validation ``pool``: every class with more than ``shots``

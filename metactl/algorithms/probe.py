@@ -34,15 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 from metactl.data.episodes import EpisodeBatch
 from metactl.data.tensors import to_batch
-from metactl.heads import fit_temperature, fitted_head, fitted_head_metrics, scaled_nll
+from metactl.heads import closed_form_adaptation, fit_temperature, fitted_head, fitted_head_metrics, scaled_nll
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 FALLBACK_C = 1.0  # scikit-learn's default: a run that could not choose (no validation classes), or a snapshot taken before the choice
 VALIDATION_STREAM = 3  # the random stream of the choice's draws (0: training, 1: evaluation episodes, 2: --all-classes draws)
-QUERY_CHUNK = 256  # validation queries whose features are computed at once
+QUERY_CHUNK = 256
+GRAD_TOLERANCE = 1e-9  # fit_logistic stops when no entry of the objective's gradient is larger
+MAX_ROUNDS = 50  # L-BFGS rounds of max_iter iterations fit_logistic may take to get there  # validation queries whose features are computed at once
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class ProbeConfig:
     c: float | None = None  # inverse regularisation strength (scikit-learn's C); None: chosen on the validation classes from c_grid
     c_grid: tuple[float, ...] = C_GRID  # the Cs tried when c is None
     c_draws: int = 3  # seeded draws of the all-validation-classes task the choice averages over
-    max_iter: int = 100  # L-BFGS iterations
+    max_iter: int = 100  # L-BFGS iterations per round (fit_logistic runs rounds until the gradient is ≤ GRAD_TOLERANCE)
     temperature: float | None = None  # s multiplying the fitted head's logits; None: fitted on the validation classes (1 without any)
 
     def __post_init__(self) -> None:
@@ -64,12 +67,18 @@ class ProbeConfig:
 
 
 def fit_logistic(feats: Tensor, y: Tensor, num_classes: int, c: float, max_iter: int) -> tuple[Tensor, Tensor]:
-    """(weight, bias) minimising mean cross-entropy + ‖W‖² / (2 C n) on ``feats`` (float64 L-BFGS)."""
+    """(weight, bias) minimising mean cross-entropy + ‖W‖² / (2 C n) on ``feats``: float64 L-BFGS in rounds of
+    ``max_iter`` iterations until the gradient's largest entry is at most :data:`GRAD_TOLERANCE` (at most
+    :data:`MAX_ROUNDS` rounds). A stop on a small change of the loss alone would leave a weakly regularised
+    probe (large C, separable features) far from its optimum; the adaptable export's graph
+    (:mod:`metactl.adapt_probe`) reaches the same optimum."""
     f = feats.detach().double()
     n = f.shape[0]
     w = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=max_iter, tolerance_grad=GRAD_TOLERANCE / 10, tolerance_change=1e-16, history_size=100, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -78,7 +87,11 @@ def fit_logistic(feats: Tensor, y: Tensor, num_classes: int, c: float, max_iter:
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)
+        for _ in range(MAX_ROUNDS):
+            opt.step(closure)
+            closure()
+            if max(float(w.grad.abs().max()), float(b.grad.abs().max())) <= GRAD_TOLERANCE:  # type: ignore[union-attr]
+                break
     return w.detach(), b.detach()
 
 
@@ -162,6 +175,10 @@ class LinearProbe(AlgorithmBase):
         theta = {k: v.detach() for k, v in learner.params.items()}
         fitted = self._head(learner, theta, x, y)
         return [dict(theta)] + [dict(fitted) for _ in range(steps)]
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """The probe at C, times s (θ's head at 0 steps), as ``adapt`` fits it (export --adaptable)."""
+        return closed_form_adaptation(learner, steps, HeadAdaptation("probe", probe_c=self.c, scale=self.temperature))
 
     def select_on_validation(self, learner: Learner, pool: Any, shots: int, seed: int) -> dict[str, Any]:
         """Choose C (when ``c`` is unset) and fit s (when ``temperature`` is unset) on the validation ``pool``:

@@ -55,12 +55,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation, NotAdaptable
 from metactl.algorithms.anil import head_step
 from metactl.algorithms.centroid import validation_ece, validation_logits
-from metactl.algorithms.probe import probe_head_start, select_probe_head
+from metactl.algorithms.probe import FALLBACK_C, probe_head_start, select_probe_head
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
-from metactl.heads import add_log_temperature, fit_temperature, prototype_head, resolve_cosine, scaled_nll, temperature
+from metactl.heads import add_log_temperature, fit_temperature, head_alphas, prototype_head, resolve_cosine, scaled_nll, temperature
 from metactl.inner import adapt_trajectory, inner_step
 
 TEST_HEADS = ("prototype", "probe")
@@ -223,6 +224,19 @@ class ProtoMAML(AlgorithmBase):
             "shots": shots,
             "draws": cfg.calibration_draws,
         }
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """``adapt`` as data (export --adaptable): the starting head (prototypes at s, or the probe at C times s),
+        then ``steps`` head steps with the learned α of each. Refused when the inner loop adapts the body too."""
+        if not head_adapts_alone(learner):
+            raise NotAdaptable("its inner loop adapts the body too (meta-train with --adapt head; the body may still train in the outer loop)")
+        alphas = head_alphas(learner, steps)
+        cfg = self.config
+        if cfg.test_head == "probe":
+            c = cfg.probe_c if cfg.probe_c is not None else FALLBACK_C
+            return HeadAdaptation("probe", probe_c=c, scale=cfg.probe_temperature if cfg.probe_temperature is not None else 1.0, alphas=alphas)
+        cosine, s = self.head_of(learner)
+        return HeadAdaptation("prototype", cosine=cosine, scale=float(torch.as_tensor(s).detach()), alphas=alphas)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the starting head (step 0), then ``steps`` first-order inner steps from it (detached). The

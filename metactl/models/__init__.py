@@ -8,6 +8,7 @@ kind of model they hold.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -18,6 +19,18 @@ from metactl.errors import MetactlError
 from metactl.registry import EntryPointGroup
 
 GROUP = "metactl.models"
+
+
+@dataclass
+class AdaptableModules:
+    """What ``export --adaptable`` traces (a model's ``adaptable_modules`` hook). ``embed``: the model's inputs ->
+    ``features`` [B, D] and the ``state`` its batch normalises with (support statistics), as ``output_names``;
+    ``body``: the model's inputs and that ``state`` -> ``features`` (the body of ``classify.onnx``), None when
+    there is no state (``embed`` is the body). Both have ``input_names``, ``output_names``, ``example_inputs()``."""
+
+    embed: nn.Module
+    body: nn.Module | None = None
+    state: tuple[str, ...] = ()
 
 
 class ModelBase(nn.Module):

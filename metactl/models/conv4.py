@@ -27,7 +27,7 @@ from torch import nn
 from metactl.api import Params
 from metactl.backbones import weights_sha256
 from metactl.errors import MetactlError
-from metactl.models import ModelBase
+from metactl.models import AdaptableModules, ModelBase
 
 _LOW = (torch.bfloat16, torch.float16)
 
@@ -140,6 +140,78 @@ class Pixels(nn.Module):
         return {"pixels": raw[:, None] if raw.ndim == 3 else raw}
 
 
+class _AdaptablePixels(nn.Module):
+    """The Conv-4 body of ``export --adaptable`` with ``Pixels``' preprocessing inside (raw 0-255 in)."""
+
+    def __init__(self, model: Conv4, invert: bool, size: int, channels: int) -> None:
+        super().__init__()
+        self.model, self.invert, self.size, self.channels = model, invert, size, channels
+        self.state = tuple(f"{s}{i}" for i in range(len(model.norms)) for s in ("mean", "var"))
+
+    def scaled(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float() * (1.0 / 255.0)
+        return 1.0 - x if self.invert else x
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (torch.rand(4, self.channels, self.size, self.size) * 255,)
+
+    def client_inputs(self, examples: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocessed images (ink = 255) -> ``pixels`` as the client's files hold them (``Pixels.client_inputs``)."""
+        return Pixels.client_inputs(self, examples)  # type: ignore[arg-type]
+
+
+class PixelsEmbed(_AdaptablePixels):
+    """``embed.onnx``: pixels -> features, every layer normalised with the statistics of this batch (the support
+    set, given whole), and those statistics (what ``classify.onnx`` then normalises with)."""
+
+    input_names = ["pixels"]  # noqa: RUF012
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["features", *self.state]
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, stats = self.scaled(pixels), []
+        for conv, norm in zip(self.model.convs, self.model.norms, strict=True):
+            y = conv(x)
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+            stats += [mean, var]
+            scale = (torch.rsqrt(var + norm.eps) * norm.weight)[None, :, None, None]
+            y = (y - mean[None, :, None, None]) * scale + norm.bias[None, :, None, None]
+            x = F.relu(F.max_pool2d(y, 2))
+        return (x.flatten(1), *stats)
+
+
+class PixelsBody(_AdaptablePixels):
+    """The body of ``classify.onnx``: pixels and the support's statistics (``embed.onnx``'s) -> features."""
+
+    output_names = ["features"]  # noqa: RUF012
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["pixels", *self.state]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {"pixels": {0: "batch"}, **{name: {} for name in self.state}}  # the statistics are per channel, not per example
+
+    def forward(  # one named argument per statistic: torch.export names the graph's inputs after them
+        self, pixels: torch.Tensor, mean0: torch.Tensor, var0: torch.Tensor, mean1: torch.Tensor, var1: torch.Tensor,
+        mean2: torch.Tensor, var2: torch.Tensor, mean3: torch.Tensor, var3: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        stats = (mean0, var0, mean1, var1, mean2, var2, mean3, var3)
+        x = self.scaled(pixels)
+        for i, (conv, norm) in enumerate(zip(self.model.convs, self.model.norms, strict=True)):
+            y = F.batch_norm(conv(x), stats[2 * i], stats[2 * i + 1], norm.weight, norm.bias, False, 0.0, norm.eps)
+            x = F.relu(F.max_pool2d(y, 2))
+        return x.flatten(1)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        width = [n.weight.shape[0] for n in self.model.norms]
+        stats = [t for w in width for t in (torch.zeros(w), torch.ones(w))]
+        return (*super().example_inputs(), *stats)
+
+
 class Conv4(ModelBase):
     def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, width: int = 64) -> None:
         super().__init__()
@@ -233,6 +305,11 @@ class Conv4(ModelBase):
 
     def export_module(self, preprocessing: dict[str, Any]) -> Pixels:
         return Pixels(self, bool(preprocessing.get("invert", False)), int(preprocessing["size"]), self.convs[0].in_channels)
+
+    def adaptable_modules(self, preprocessing: dict[str, Any]) -> AdaptableModules:
+        args = (bool(preprocessing.get("invert", False)), int(preprocessing["size"]), self.convs[0].in_channels)
+        embed = PixelsEmbed(self, *args).eval()
+        return AdaptableModules(embed, PixelsBody(self, *args).eval(), embed.state)
 
     def features(self, x: torch.Tensor, ref: int | None = None, tasks: int = 1) -> torch.Tensor:
         layout = _fast_layout(x)

@@ -46,7 +46,7 @@ from metactl.api import Params
 from metactl.backbones import Backbone, recorded_backbone, resolve_backbone, text_classifier_spec
 from metactl.errors import MetactlError
 from metactl.hidden import body_tag, check_tag
-from metactl.models import ModelBase
+from metactl.models import AdaptableModules, ModelBase
 
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)  # transformers' own deprecation, via peft
 
@@ -282,6 +282,11 @@ class TextClassifier(ModelBase):
     def export_module(self, preprocessing: dict[str, Any]) -> TextExport:
         return TextExport(self.merged_encoder(), copy.deepcopy(self.head), self.spec).eval()
 
+    def adaptable_modules(self, preprocessing: dict[str, Any]) -> AdaptableModules:
+        if not self.adapts_head_only():
+            raise MetactlError("export --adaptable needs a body that adaptation leaves unchanged (--adapt head).", "Export adaptable from a --adapt head run.")
+        return AdaptableModules(TextEmbed(self.merged_encoder(), self.spec).eval())
+
     def export_assets(self, labels: list[str]) -> dict[str, bytes]:
         """``tokenizer.json`` and a ``config.json`` Hugging Face tooling reads (labels, architecture, pooling)."""
         folder = self.folder
@@ -311,6 +316,28 @@ class TextClassifier(ModelBase):
         return {}
 
 
+class TextEmbed(nn.Module):
+    """``embed.onnx``: ``input_ids`` and ``attention_mask`` (int64, [batch, seq]) -> ``features`` [batch, D] (pooled, normalised as trained)."""
+
+    input_names = ["input_ids", "attention_mask"]  # noqa: RUF012
+    output_names = ["features"]  # noqa: RUF012
+
+    def __init__(self, encoder: nn.Module, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.encoder, self.spec = encoder, dict(spec)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        f = pool(hidden, attention_mask, self.spec.get("pooling", "mean"))
+        return F.normalize(f, dim=-1) if self.spec.get("normalize") else f
+
+    def example_inputs(self) -> tuple[Tensor, ...]:
+        return TextExport.example_inputs(self)  # type: ignore[arg-type]
+
+    def client_inputs(self, examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return TextExport.client_inputs(self, examples)  # type: ignore[arg-type]
+
+
 class TextExport(nn.Module):
     """The exported graph: ``input_ids`` and ``attention_mask`` (int64, [batch, seq]) -> ``logits`` and ``probabilities``."""
 
@@ -337,4 +364,4 @@ class TextExport(nn.Module):
         return {"input_ids": np.asarray(examples["input_ids"], np.int64), "attention_mask": np.asarray(examples["attention_mask"], np.int64)}
 
 
-__all__ = ["ADAPT_MODES", "BUCKET", "TextClassifier", "TextExport", "bucketed", "describe_backbone", "pool", "run_layers", "text_model_spec"]
+__all__ = ["ADAPT_MODES", "BUCKET", "TextClassifier", "TextEmbed", "TextExport", "bucketed", "describe_backbone", "pool", "run_layers", "text_model_spec"]

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metactl.adapt_graph import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, cosine_head, cosine_logits, resolve_cosine, temperature
@@ -128,6 +129,12 @@ class ProtoNet(AlgorithmBase):
             total_loss += float(loss.detach())
             total_metric += learner.metric(out.detach(), qy)
         return {"loss": total_loss / b, "metric": total_metric / b}
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """The prototype head ``adapt`` builds (at every step count), as data for ``metactl export --adaptable``."""
+        if self.config.cosine:
+            return HeadAdaptation("prototype", cosine=True, scale=float(torch.as_tensor(temperature(learner, self.config.temperature)).detach()))
+        return HeadAdaptation("prototype", cosine=False, scale=1.0)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """θ with the prototype head, for every step 0..steps (there are no gradient steps)."""

@@ -190,3 +190,39 @@ def test_cosine_logits_learn_their_temperature_and_the_adapted_head_carries_it()
         direct = algo.task_logits(learner, learner.params, sx[0], sy[0], qx[0])
         torch.testing.assert_close(learner.forward(phi, qx[0]), direct)  # the linear head = s·cos on unit-norm features
         assert float(phi["head.bias"].abs().max()) == 0.0
+
+
+def test_adaptable_export_adapts_like_metactl_adapt(tmp_path: Path) -> None:
+    """The plugin's ``adaptable_head`` hook: the adapt graph's head equals ``metactl adapt``'s (torch), and the
+    served model predicts what the torch-adapted model predicts."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    from metactl.adapt import load_adapted
+    from metactl.adaptable import export_adaptable
+    from metactl.library import adapt
+    from metactl.modalities.image import raw_pixels
+    from metactl.runtime_adapt import adapt_onnx
+    from metactl.testing import make_image_folder, tiny_config
+    from metactl.train import meta_train
+
+    data = make_image_folder(tmp_path / "data", classes=8, per_class=5, size=28, ink=0.2, omniglot_layout=True)
+    support = make_image_folder(tmp_path / "support", classes=4, per_class=3, size=28, seed=5, ink=0.2)
+    run = tmp_path / "run"
+    meta_train(tiny_config("protonet", data, ways=3), out=run)
+    folder = export_adaptable(run, tmp_path / "adaptable").path
+    ref = adapt(support, run, out=tmp_path / "torch", quiet=True)
+    got = adapt_onnx(folder, support, tmp_path / "onnx")
+    expected = load_file(str(ref.path / "model.safetensors"))
+    model = onnx.load(str(got.path / "model.onnx"))
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert np.abs(init["weight"] - expected["head.weight"]).max() <= 1e-4
+    assert np.abs(init["bias"] - expected["head.bias"]).max() <= 1e-4
+    pixels = np.stack([raw_pixels(f, 28) for f in sorted(support.rglob("*.png"))]).astype(np.float32)[:, None]
+    meta, adapted = load_adapted(ref.path)
+    with torch.no_grad():
+        reference = adapted.export_module(meta["preprocessing"]).eval()(torch.from_numpy(pixels)).numpy()
+    probs = ort.InferenceSession(str(got.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(["probabilities"], {"pixels": pixels})[0]
+    assert np.abs(probs - reference).max() <= 1e-4
