@@ -1,6 +1,6 @@
 """``export --adaptable``: a meta-trained run as three ONNX graphs that adapt and classify without torch.
 
-For a run whose inner loop adapts only the head (anil, protomaml with ``--adapt head``, centroid, probe,
+For a run whose inner loop adapts only the head (anil, protomaml and pretrain with ``--adapt head``, centroid, probe,
 and plugins with an ``adaptable_head`` hook) the folder holds:
 
 - ``embed.onnx``: the model's own inputs (``pixels``, or ``input_ids`` + ``attention_mask``) -> ``features``

@@ -40,8 +40,8 @@ from metactl.train import meta_train
 
 runner = CliRunner()
 TOLERANCE = 1e-4
-IMAGE_ALGOS = ("anil", "protomaml", "centroid", "probe")
-TEXT_ALGOS = ("anil", "protomaml", "centroid", "probe")
+IMAGE_ALGOS = ("anil", "protomaml", "centroid", "probe", "pretrain")
+TEXT_ALGOS = ("anil", "protomaml", "centroid", "probe", "pretrain")
 TRAINED_WAYS = 5
 
 
@@ -64,7 +64,7 @@ def image_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         _split_folder(new, root / f"support{n}", root / f"query{n}", shots=3, labels=n)
     runs = {}
     for algo in IMAGE_ALGOS:
-        extra: dict[str, Any] = {"adapt": "head", "backbone": str(runs["anil"]), "train_body": True} if algo == "protomaml" else {}
+        extra: dict[str, Any] = {"adapt": "head", "backbone": str(runs["anil"]), "train_body": True} if algo in ("protomaml", "pretrain") else {}
         runs[algo] = root / f"run-{algo}"
         meta_train(tiny_config(algo, data, ways=TRAINED_WAYS, **extra), out=runs[algo])
     adaptable = {algo: export_adaptable(run, root / f"{algo}-adaptable").path for algo, run in runs.items()}
@@ -237,7 +237,7 @@ def test_a_run_that_adapts_the_body_is_refused_with_the_exportable_algorithms(im
         r = runner.invoke(app, ["export", "--from", str(run), "--adaptable", "--out", str(out)])
         assert r.exit_code == 1, r.output
         said = " ".join(r.output.split())
-        assert "export --adaptable needs an adaptation that changes only the head" in said and "anil, centroid, probe, protomaml" in said, said
+        assert "export --adaptable needs an adaptation that changes only the head" in said and "anil, centroid, pretrain, probe, protomaml" in said, said
         assert not out.exists()
 
 
@@ -266,7 +266,7 @@ def text_ws(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path, intents_
                 (root / name / f"{label}.txt").write_text("\n".join(texts[label][part]) + "\n", encoding="utf-8")
     runs, adaptable = {}, {}
     for algo in TEXT_ALGOS:
-        inner = ["--inner-steps", "2", "--test-inner-steps", "2", "--inner-lr", "0.5"] if algo in ("anil", "protomaml") else []
+        inner = ["--inner-steps", "2", "--test-inner-steps", "2", "--inner-lr", "0.5"] if algo in ("anil", "protomaml", "pretrain") else []
         inner += ["--label-names"] if algo == "protomaml" else []  # each label's readable name is one more support example
         runs[algo] = root / f"run-{algo}"
         r = runner.invoke(app, ["meta-train", "--algo", algo, "--backbone", str(minilm_dir), "--adapt", "head", "--data", f"text:{root / 'texts.csv'}",

@@ -32,10 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.algorithms.probe import probe_head_start, select_probe_head
+from metactl.adapt_graph import HeadAdaptation, NotAdaptable
+from metactl.algorithms.probe import FALLBACK_C, probe_head_start, select_probe_head
+from metactl.algorithms.protomaml import head_adapts_alone
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
 from metactl.errors import MetactlError
-from metactl.heads import add_log_temperature, cosine_logits, temperature
+from metactl.heads import add_log_temperature, cosine_logits, head_alphas, head_arrays, temperature
 from metactl.inner import adapt_trajectory
 
 
@@ -124,6 +126,18 @@ class Pretrain(AlgorithmBase):
             return {}
         self.config, choice = select_probe_head(self.config, learner, pool, shots, seed)
         return choice
+
+    def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
+        """``adapt`` as data (export --adaptable): θ's head (a zero head for another class count) or the probe, then
+        ``steps`` plain head steps with their α. Refused when fine-tuning changes the body too."""
+        if not head_adapts_alone(learner):
+            raise NotAdaptable("its fine-tuning changes the body too (pre-train with --adapt head; the body may still train with --train-body)")
+        alphas = head_alphas(learner, steps)
+        cfg = self.config
+        if cfg.test_head == "probe":
+            c = cfg.probe_c if cfg.probe_c is not None else FALLBACK_C
+            return HeadAdaptation("probe", probe_c=c, scale=cfg.probe_temperature if cfg.probe_temperature is not None else 1.0, alphas=alphas)
+        return HeadAdaptation("initial", **head_arrays(learner), alphas=alphas)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:
         """Fine-tuning from θ's zero head, or with ``test_head = "probe"`` from the logistic regression fitted to
