@@ -141,6 +141,33 @@ def classify_model(body: onnx.ModelProto, dim: int, metadata: dict[str, str] | N
     return model
 
 
+def head_model(dim: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """``head.onnx``: ``features`` [B, D], ``weight`` [C, D], ``bias`` [C] -> ``logits``, ``probabilities`` [B, C]: the end of
+    ``classify.onnx`` alone, for a client that keeps ``embed.onnx``'s features (a model without support statistics)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["features", "weight", "bias"], ["logits"], name="adaptable_head", transB=1),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], name="adaptable_softmax", axis=-1),
+        ],
+        "head",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", dim]),
+            helper.make_tensor_value_info("weight", TensorProto.FLOAT, ["C", dim]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["C"]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "C"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "C"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="metactl")
+    model.ir_version = IR_VERSION
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def bake(model: onnx.ModelProto, values: dict[str, np.ndarray], metadata: dict[str, str]) -> onnx.ModelProto:
     """``model`` with the inputs named in ``values`` turned into constants (initializers) and ``metadata`` as its props."""
     out = onnx.ModelProto()
@@ -158,4 +185,4 @@ def bake(model: onnx.ModelProto, values: dict[str, np.ndarray], metadata: dict[s
     return out
 
 
-__all__ = ["IR_VERSION", "OPSET", "HeadAdaptation", "NotAdaptable", "adapt_model", "bake", "classify_model"]
+__all__ = ["IR_VERSION", "OPSET", "HeadAdaptation", "NotAdaptable", "adapt_model", "bake", "classify_model", "head_model"]

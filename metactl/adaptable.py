@@ -10,7 +10,8 @@ and plugins with an ``adaptable_head`` hook) the folder holds:
   ``weight`` [C, D] and ``bias`` [C]: the run's own head adaptation with its meta-learned head and learned
   per-step α baked in (:mod:`metactl.adapt_graph`);
 - ``classify.onnx``: the model's inputs, ``weight``, ``bias`` (and the support's statistics) -> ``logits``,
-  ``probabilities`` [B, C];
+  ``probabilities`` [B, C]; for a model without support statistics also ``head.onnx`` (``features``, ``weight``,
+  ``bias`` -> the same outputs), so a client that keeps ``embed.onnx``'s features loads the body once;
 - text: ``tokenizer.json`` and ``config.json`` as ``export --onnx`` writes them; ``metactl.json`` (the
   input/output contract, the adaptation, each file's sha256) and a model card with the three-call recipe.
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from metactl import contract, registry, runs
 from metactl._version import __version__
 from metactl.adapt import default_steps
-from metactl.adapt_graph import IR_VERSION, OPSET, HeadAdaptation, NotAdaptable, adapt_model, classify_model
+from metactl.adapt_graph import IR_VERSION, OPSET, HeadAdaptation, NotAdaptable, adapt_model, classify_model, head_model
 from metactl.config import TrainConfig
 from metactl.errors import MetactlError
 from metactl.evaluate import algorithm_of_run, body_features
@@ -47,7 +48,7 @@ from metactl.modalities import modality_of
 from metactl.results import AdaptableResult
 
 FORMAT = 1  # the adaptable folder's layout; runtime_adapt refuses any other
-EMBED, ADAPT, CLASSIFY = "embed.onnx", "adapt.onnx", "classify.onnx"
+EMBED, ADAPT, CLASSIFY, HEAD = "embed.onnx", "adapt.onnx", "classify.onnx", "head.onnx"
 TOLERANCE = 1e-4
 CHECK_CLASSES = 3  # the self-check's support: two examples of each of the trained classes, or of this many when there are more than
 MAX_CHECK_CLASSES = 20
@@ -177,6 +178,7 @@ def _io(modality: Any, mods: Any, dim: int) -> dict[str, Any]:
         "adapt": {"inputs": {"features": ["N", dim], "labels": ["N"]}, "outputs": {"weight": ["C", dim], "bias": ["C"]},
                   "labels": "int64 0..C-1, every class present at least once"},
         "classify": {"inputs": [*inputs, "weight", "bias", *state], "outputs": ["logits", "probabilities"], "shape": ["batch", "C"]},
+        "head": None if state else {"inputs": {"features": ["batch", dim], "weight": ["C", dim], "bias": ["C"]}, "outputs": ["logits", "probabilities"]},
         "state": state,
         "state_note": "embed.onnx normalises with the statistics of the batch it is given: embed the whole support set in one call "
         "and pass its statistics to classify.onnx" if state else None,
@@ -200,7 +202,8 @@ def render_card(info: dict[str, Any], name: str) -> str:
         + (f" and the batch's normalisation statistics ({len(state)} tensors): embed the whole support set in one call" if state else "")
         + ".",
         "2. `adapt.onnx`: the support set's `features` [N, D] and `labels` int64 [N] (0..C-1, every class present) -> `weight` [C, D], `bias` [C].",
-        "3. `classify.onnx`: new inputs + `weight` + `bias`" + (" + the support's statistics" if state else "") + " -> `logits`, `probabilities` [batch, C].",
+        "3. `classify.onnx`: new inputs + `weight` + `bias`" + (" + the support's statistics" if state else "") + " -> `logits`, `probabilities` [batch, C]."
+        + ("" if state else " (`head.onnx` does the same from `features`: embed once, keep the features, skip the second copy of the body.)"),
         "",
         "```python",
         "import numpy as np, onnxruntime as ort",
@@ -257,6 +260,8 @@ def export_adaptable(run: Path | None, out: Path, force: bool = False, command: 
     }
     check = _self_check(learner, meta, cfg, algo, mods, graphs, modality)
     files = dict(graphs)
+    if not mods.state:  # features do not depend on the batch: a client may keep them and classify with the head alone
+        files[HEAD] = head_model(dim, source).SerializeToString()
     files.update(modality.export_assets(model, [], prep))  # text: tokenizer.json, config.json (labels come at adapt time)
     info = {
         "metactl_version": __version__,

@@ -389,3 +389,20 @@ def test_the_example_client_adapts_like_metactl_on_text(text_ws: dict[str, Any])
     served = adapt_onnx(folder, root / "support6", root / "example-reference")
     assert names == served.labels
     assert np.abs(probs - _served(served.path, _text_feed(served.path, lines))).max() <= TOLERANCE
+
+
+def test_text_head_graph_classifies_features_like_classify_onnx(text_ws: dict[str, Any], image_ws: dict[str, Any]) -> None:
+    """head.onnx on embed.onnx's features gives classify.onnx's outputs (text: features do not depend on the batch);
+    an image model, whose classify needs the support's statistics, has no head.onnx."""
+    folder = text_ws["adaptable"]["anil"]
+    feed = _text_feed(folder, ["book a table for two", "what's my balance", "Ünïcödé 🚀"])
+    sess = {g: ort.InferenceSession(str(folder / f"{g}.onnx"), providers=["CPUExecutionProvider"]) for g in ("embed", "head", "classify")}
+    rng = np.random.default_rng(0)
+    head = {"weight": rng.normal(size=(4, 384)).astype(np.float32), "bias": rng.normal(size=4).astype(np.float32)}
+    (features,) = sess["embed"].run(["features"], feed)
+    via_head = sess["head"].run(["logits", "probabilities"], {"features": features, **head})
+    direct = sess["classify"].run(["logits", "probabilities"], {**feed, **head})
+    for a, b in zip(via_head, direct, strict=True):
+        assert np.abs(a - b).max() <= 1e-5
+    assert "head.onnx" in json.loads((folder / "metactl.json").read_text())["files"]
+    assert not (image_ws["adaptable"]["anil"] / "head.onnx").exists()

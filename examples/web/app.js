@@ -4,6 +4,7 @@
 //   embed.onnx    model inputs -> features [N, D] (image models: also the batch's normalisation statistics)
 //   adapt.onnx    features + labels int64 [N] (0..C-1) -> weight [C, D], bias [C]
 //   classify.onnx model inputs + weight + bias (+ the support's statistics) -> logits, probabilities [B, C]
+//   head.onnx     (text models) features + weight + bias -> logits, probabilities [B, C]
 // Nothing leaves the page. The UI buttons and the test API (`window.metactl`) call the same functions.
 
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
@@ -14,7 +15,8 @@ ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a pla
 ort.env.logLevel = "error";
 
 const TOKENIZERS = "./node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs";
-const GRAPHS = ["embed.onnx", "adapt.onnx", "classify.onnx"];
+// text models classify with embed.onnx + head.onnx (features -> probabilities): classify.onnx would load the body twice
+const GRAPHS = { image: ["embed.onnx", "adapt.onnx", "classify.onnx"], text: ["embed.onnx", "adapt.onnx", "head.onnx"] };
 const FORMAT = 1; // the adaptable folder layout this page runs (metactl.runtime_adapt.FORMAT)
 const TEXT_BATCH = 64; // texts per embed/classify call (each text's features do not depend on its batch)
 const PAD_SCALE = 10; // the drawing pad is PAD_SCALE x the model's size: downscaling is an exact block average
@@ -138,7 +140,7 @@ async function load(url = "./model/") {
     if (meta.format !== FORMAT) throw new Error(`adaptable format ${meta.format}, which this page cannot run (it runs format ${FORMAT})`);
     if (meta.modality !== "image" && meta.modality !== "text") throw new Error(`modality ${meta.modality} is not supported here`);
     const sessions = {};
-    for (const name of GRAPHS) {
+    for (const name of GRAPHS[meta.modality]) {
       const bytes = await fetchChecked(new URL(name, base), name, meta);
       sessions[name.replace(".onnx", "")] = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
     }
@@ -338,11 +340,14 @@ async function classify(inputs) {
     requireLoaded();
     if (!state.adapted) throw new SupportError("Adapt first: add examples to your labels and press Adapt.");
     const { weight, bias, stats, names } = state.adapted;
-    const session = state.sessions.classify;
     delete state.timings.classify;
-    const out = state.text
-      ? await runTextBatches(session, tokenize(textList(inputs?.texts)), ["logits", "probabilities"], { weight, bias }, "classify")
-      : await timed("classify", () => session.run({ pixels: pixelTensor(inputs?.pixels), weight, bias, ...stats }));
+    let out;
+    if (state.text) {
+      const { features } = await runTextBatches(state.sessions.embed, tokenize(textList(inputs?.texts)), ["features"], {}, "classify");
+      out = await timed("classify", () => state.sessions.head.run({ features, weight, bias }));
+    } else {
+      out = await timed("classify", () => state.sessions.classify.run({ pixels: pixelTensor(inputs?.pixels), weight, bias, ...stats }));
+    }
     state.runs.classify += 1;
     showTimings();
     const result = { labels: [...names], probabilities: rowsOf(out.probabilities), logits: rowsOf(out.logits), timings: { ...state.timings } };
