@@ -26,7 +26,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from metactl.adapt_probe import probe_start
-from metactl.graph_build import IR_VERSION, OPSET, Graph, HeadAdaptation, NotAdaptable, Support, support_values
+from metactl.adapt_spec import HeadAdaptation
+from metactl.graph_build import IR_VERSION, OPSET, Graph, Support, support_values
 
 
 def _prototype_start(g: Graph, s: Support, spec: HeadAdaptation) -> tuple[str, str]:
@@ -106,12 +107,29 @@ def adapt_model(same: HeadAdaptation, other: HeadAdaptation, trained_classes: in
         [helper.make_tensor_value_info("weight", TensorProto.FLOAT, ["C", dim]), helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["C"])],
         g.inits,
     )  # fmt: skip
+    return _model(graph, metadata)
+
+
+def _model(graph: onnx.GraphProto, metadata: dict[str, str] | None) -> onnx.ModelProto:
+    """A checked model of ``graph`` at :data:`OPSET` and :data:`IR_VERSION`, ``metadata`` as its props."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="metactl")
     model.ir_version = IR_VERSION
     if metadata:
         helper.set_model_props(model, metadata)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _head(features: str, dim: int) -> tuple[list[onnx.ValueInfoProto], list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
+    """The linear head on ``features``: its inputs ``weight`` [C, D] and ``bias`` [C], its two nodes, and its outputs
+    ``logits`` and ``probabilities`` [batch, C] (shared by classify.onnx and head.onnx)."""
+    inputs = [helper.make_tensor_value_info("weight", TensorProto.FLOAT, ["C", dim]), helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["C"])]
+    nodes = [
+        helper.make_node("Gemm", [features, "weight", "bias"], ["logits"], name="adaptable_head", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="adaptable_softmax", axis=-1),
+    ]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "C"]) for name in ("logits", "probabilities")]
+    return inputs, nodes, outputs
 
 
 def classify_model(body: onnx.ModelProto, dim: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
@@ -121,18 +139,11 @@ def classify_model(body: onnx.ModelProto, dim: int, metadata: dict[str, str] | N
     model.CopyFrom(body)
     graph = model.graph
     (feat,) = [o for o in graph.output if o.name == "features"]
+    inputs, nodes, outputs = _head(feat.name, dim)
     del graph.output[:]
-    graph.input.extend(
-        [helper.make_tensor_value_info("weight", TensorProto.FLOAT, ["C", dim]), helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["C"])]
-    )
-    graph.node.extend([
-        helper.make_node("Gemm", [feat.name, "weight", "bias"], ["logits"], name="adaptable_head", transB=1),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], name="adaptable_softmax", axis=-1),
-    ])  # fmt: skip
-    graph.output.extend([
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "C"]),
-        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "C"]),
-    ])  # fmt: skip
+    graph.input.extend(inputs)
+    graph.node.extend(nodes)
+    graph.output.extend(outputs)
     model.ir_version = min(model.ir_version, IR_VERSION) if model.ir_version else IR_VERSION
     del model.metadata_props[:]
     if metadata:
@@ -144,28 +155,8 @@ def classify_model(body: onnx.ModelProto, dim: int, metadata: dict[str, str] | N
 def head_model(dim: int, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """``head.onnx``: ``features`` [B, D], ``weight`` [C, D], ``bias`` [C] -> ``logits``, ``probabilities`` [B, C]: the end of
     ``classify.onnx`` alone, for a client that keeps ``embed.onnx``'s features (a model without support statistics)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", ["features", "weight", "bias"], ["logits"], name="adaptable_head", transB=1),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], name="adaptable_softmax", axis=-1),
-        ],
-        "head",
-        [
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", dim]),
-            helper.make_tensor_value_info("weight", TensorProto.FLOAT, ["C", dim]),
-            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["C"]),
-        ],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "C"]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "C"]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="metactl")
-    model.ir_version = IR_VERSION
-    if metadata:
-        helper.set_model_props(model, metadata)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    inputs, nodes, outputs = _head("features", dim)
+    return _model(helper.make_graph(nodes, "head", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", dim]), *inputs], outputs), metadata)
 
 
 def bake(model: onnx.ModelProto, values: dict[str, np.ndarray], metadata: dict[str, str]) -> onnx.ModelProto:
@@ -185,4 +176,4 @@ def bake(model: onnx.ModelProto, values: dict[str, np.ndarray], metadata: dict[s
     return out
 
 
-__all__ = ["IR_VERSION", "OPSET", "HeadAdaptation", "NotAdaptable", "adapt_model", "bake", "classify_model", "head_model"]
+__all__ = ["IR_VERSION", "OPSET", "adapt_model", "bake", "classify_model", "head_model"]

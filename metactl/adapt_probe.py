@@ -43,7 +43,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from metactl.graph_build import Graph, HeadAdaptation, Support
+from metactl.adapt_spec import HeadAdaptation
+from metactl.graph_build import Graph, Support
 
 TOLERANCE = 1e-11  # the loop stops once the step's max-abs is below this (double)
 MAX_ITERATIONS = 20000  # cap of the chosen trip count

@@ -39,15 +39,16 @@ import torch.nn.functional as F
 from metactl import contract, registry, runs
 from metactl._version import __version__
 from metactl.adapt import default_steps
-from metactl.adapt_graph import IR_VERSION, OPSET, HeadAdaptation, NotAdaptable, adapt_model, classify_model, head_model
+from metactl.adapt_graph import IR_VERSION, OPSET, adapt_model, classify_model, head_model
+from metactl.adapt_spec import HeadAdaptation, NotAdaptable
 from metactl.config import TrainConfig
 from metactl.errors import MetactlError
 from metactl.evaluate import algorithm_of_run, body_features
 from metactl.export import _onnx_bytes
 from metactl.modalities import modality_of
 from metactl.results import AdaptableResult
+from metactl.runtime_adapt import FORMAT
 
-FORMAT = 1  # the adaptable folder's layout; runtime_adapt refuses any other
 EMBED, ADAPT, CLASSIFY, HEAD = "embed.onnx", "adapt.onnx", "classify.onnx", "head.onnx"
 TOLERANCE = 1e-4
 CHECK_CLASSES = 3  # the self-check's support: two examples of each of the trained classes, or of this many when there are more than
@@ -251,7 +252,8 @@ def export_adaptable(run: Path | None, out: Path, force: bool = False, command: 
     embed_bytes = _lower_ir(_onnx_bytes(mods.embed, source))
     body_bytes = _lower_ir(_onnx_bytes(mods.body, source)) if mods.body is not None else embed_bytes
     with torch.no_grad():
-        dim = int(mods.embed(*mods.embed.example_inputs())[0 if mods.state else slice(None)].shape[-1])
+        example = mods.embed(*mods.embed.example_inputs())
+    dim = int((example[0] if mods.state else example).shape[-1])  # embed's outputs: features, then the statistics if any
     trained = int(meta["model"]["num_classes"])
     graphs = {
         EMBED: embed_bytes,

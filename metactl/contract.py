@@ -33,7 +33,7 @@ EpisodeBatch = Any  # metactl.data.episodes.EpisodeBatch
 TaskData = Any  # metactl.data.sources.TaskData
 LabeledExamples = Any  # metactl.data.examples.LabeledExamples
 ClassPool = Any  # metactl.data.episodes.ClassPool: labeled examples by class (num_classes, count, take)
-HeadAdaptation = Any  # metactl.adapt_graph.HeadAdaptation: a head adaptation as data (export --adaptable)
+HeadAdaptation = Any  # metactl.adapt_spec.HeadAdaptation: a head adaptation as data (export --adaptable)
 AdaptableModules = Any  # metactl.models.AdaptableModules: what export --adaptable traces
 InnerLrShape = Literal["layer", "element", "step"]
 
@@ -95,9 +95,9 @@ class Algorithm(Protocol):
 
     def adaptable_head(self, learner: Learner, steps: int) -> HeadAdaptation:
         """OPTIONAL. For ``export --adaptable``: the head adaptation ``adapt(learner, x, y, steps)`` performs, as data
-        (``metactl.adapt_graph.HeadAdaptation``: prototype / θ's / zero / probe start, then per-step α), from which
+        (``metactl.adapt_spec.HeadAdaptation``: prototype / θ's / zero / probe start, then per-step α), from which
         ``adapt.onnx`` is built. Only for an inner loop that adapts the head alone; raise
-        ``metactl.adapt_graph.NotAdaptable`` (saying why) for a run whose adaptation changes the body."""
+        ``metactl.adapt_spec.NotAdaptable`` (saying why) for a run whose adaptation changes the body."""
         ...
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation
+from metactl.adapt_spec import HeadAdaptation
 from metactl.api import Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 

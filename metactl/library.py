@@ -298,10 +298,8 @@ def adapt(
     ``label_names``: each label's readable name is one more support example (text; None: as the run trained)."""
     source = _optional_path(run)
     if source is not None and runtime_adapt.is_adaptable(source):  # an adaptable export: onnxruntime alone
-        if steps is not None or device != "cpu":
-            raise MetactlError("steps and device do not apply to an adaptable export (its steps are in adapt.onnx).", "Leave them out.")
         with _status("adapting with onnxruntime", quiet):
-            return runtime_adapt.adapt_onnx(source, _path_of(support), _path_of(out), force, _optional_path(query), label_names, command)  # type: ignore[return-value]
+            return runtime_adapt.adapt_onnx(source, _path_of(support), _path_of(out), force, _optional_path(query), label_names, command, steps, device)  # type: ignore[return-value]
     with _status("adapting", quiet):
         return adapt_module.adapt(_path_of(support), _optional_path(run), steps, _optional_path(query), _path_of(out), force, device, command, label_names)
 

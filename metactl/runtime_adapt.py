@@ -26,17 +26,18 @@ import onnxruntime as ort
 
 from metactl._version import __version__
 from metactl.adapt_graph import bake
+from metactl.data.images import IMAGE_SUFFIXES
 from metactl.data.label_names import add_label_names
+from metactl.data.text_files import TABLE_SUFFIXES
 from metactl.errors import MetactlError
 from metactl.files import check_version, ensure_out_free, write_dir_atomically
 from metactl.modalities import modality_of
 
 META = "metactl.json"
-FORMAT = 1  # metactl.adaptable.FORMAT (that module needs torch)
+FORMAT = 1  # the adaptable folder's layout (metactl.adaptable writes it); any other is refused
 GRAPHS = ("embed.onnx", "adapt.onnx", "classify.onnx")
 TEXT_BATCH = 64  # texts embedded per call (each text's features do not depend on the rest of its batch)
-TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TEXT_SUFFIXES = (".txt", *TABLE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,16 @@ def _served_model(folder: Path, meta: dict[str, Any], modality: Any, labels: lis
 
 
 def adapt_onnx(
-    folder: Path, support: Path, out: Path, force: bool = False, query: Path | None = None, label_names: bool | None = None, command: str | None = None
-) -> RuntimeAdaptResult:
-    """Adapt the adaptable export ``folder`` to the labeled examples at ``support`` and write a normal export to ``out``."""
+    folder: Path, support: Path, out: Path, force: bool = False, query: Path | None = None, label_names: bool | None = None, command: str | None = None,
+    steps: int | None = None, device: str = "cpu",
+) -> RuntimeAdaptResult:  # fmt: skip
+    """Adapt the adaptable export ``folder`` to the labeled examples at ``support`` and write a normal export to ``out``.
+    ``steps`` and ``device`` are ``metactl adapt``'s options for a run: given here they are an error."""
     t0 = time.perf_counter()
+    if steps is not None:
+        raise MetactlError("--steps does not apply to an adaptable export: its steps are part of adapt.onnx.", "Drop --steps (or re-export the run).")
+    if device != "cpu":
+        raise MetactlError("--device does not apply to an adaptable export: onnxruntime adapts on the CPU.", "Drop --device.")
     ensure_out_free(out, force)
     meta = read_adaptable(folder)
     modality = modality_of(meta["preprocessing"])

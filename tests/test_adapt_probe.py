@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from metactl.adapt_graph import HeadAdaptation, adapt_model
+from metactl.adapt_graph import adapt_model
+from metactl.adapt_spec import HeadAdaptation
 from metactl.algorithms.probe import fit_logistic
 
 TOL = 1e-4  # max |Δ| over the scaled head (W and b)

@@ -140,9 +140,8 @@ def test_three_calls_equal_the_served_model(image_ws: dict[str, Any]) -> None:
     assert np.abs(probs - _served(served.path, {"pixels": qx})).max() <= 1e-5  # constants folded differently: float32 rounding
 
 
-def test_the_onnx_adaptation_imports_no_torch(image_ws: dict[str, Any], tmp_path: Path) -> None:
-    code = f"""
-import sys
+TORCH_FREE = """
+import json, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torch", "transformers"):
@@ -150,14 +149,25 @@ class Block:
 sys.meta_path.insert(0, Block())
 from typer.testing import CliRunner
 from metactl.cli import app
-r = CliRunner().invoke(app, ["adapt", "--from", {str(image_ws["adaptable"]["centroid"])!r}, "--support", {str(image_ws["root"] / "support3")!r},
-                             "--out", {str(tmp_path / "out")!r}, "--json"])
-assert r.exit_code == 0, r.output
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
 assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules)
 print(r.output)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _torch_free_cli(*commands: list[str], timeout: int) -> str:
+    """Run metactl ``commands`` one after another in a fresh interpreter where torch and transformers cannot be
+    imported; each must succeed and neither may be loaded. The last command's output."""
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, json.dumps(commands)], capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_onnx_adaptation_imports_no_torch(image_ws: dict[str, Any], tmp_path: Path) -> None:
+    folder, support = str(image_ws["adaptable"]["centroid"]), str(image_ws["root"] / "support3")
+    _torch_free_cli(["adapt", "--from", folder, "--support", support, "--out", str(tmp_path / "out"), "--json"], timeout=120)
     assert (tmp_path / "out" / "model.onnx").is_file()
 
 
@@ -309,26 +319,13 @@ def test_text_head_from_the_graphs_equals_metactl_adapt(text_ws: dict[str, Any],
 
 def test_text_adaptation_imports_no_torch_and_predict_serves_it(text_ws: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(name + " is blocked in this test")
-sys.meta_path.insert(0, Block())
-from typer.testing import CliRunner
-from metactl.cli import app
-r = CliRunner().invoke(app, ["adapt", "--from", {str(text_ws["adaptable"]["protomaml"])!r}, "--support", {str(text_ws["root"] / "support3")!r},
-                             "--out", {str(out)!r}, "--json"])
-assert r.exit_code == 0, r.output
-r = CliRunner().invoke(app, ["predict", {str(out)!r}, "what is the weather in Paris", "--json"])
-assert r.exit_code == 0, r.output
-assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules)
-print(r.output)
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (row,) = json.loads(done.stdout)
+    folder, support = str(text_ws["adaptable"]["protomaml"]), str(text_ws["root"] / "support3")
+    output = _torch_free_cli(
+        ["adapt", "--from", folder, "--support", support, "--out", str(out), "--json"],
+        ["predict", str(out), "what is the weather in Paris", "--json"],
+        timeout=300,
+    )
+    (row,) = json.loads(output)
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "translate", "1": "weather", "2": "tell_joke"} or set(config["id2label"].values()) == {
         "translate",

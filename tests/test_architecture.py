@@ -23,9 +23,9 @@ ROOT_PACKAGE = "metactl"  # a layer entry that is the package root names the roo
 MAX_FUNCTION_LINES = 80  # from the ``def`` line to the body's last line (decorators not counted), nested functions included
 
 LAYERS: list[tuple[str, ...]] = [
-    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract", "metactl.calibration", "metactl.graph_build"),
-    ("metactl.files", "metactl.adapt_probe"),
-    ("metactl.config", "metactl.api", "metactl.distributed", "metactl.launch", "metactl.backbones", "metactl.hidden"),
+    ("metactl.errors", "metactl._version", "metactl._callable", "metactl.contract", "metactl.calibration", "metactl.adapt_spec"),
+    ("metactl.files", "metactl.graph_build"),
+    ("metactl.config", "metactl.adapt_probe", "metactl.api", "metactl.distributed", "metactl.launch", "metactl.backbones", "metactl.hidden"),
     ("metactl.registry", "metactl.perf", "metactl.adapt_graph"),
     ("metactl.loggers", "metactl.inner", "metactl.data", "metactl.models", "metactl.heads"),
     ("metactl.modalities",),

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation
+from metactl.adapt_spec import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 from metactl.heads import head_alphas, head_arrays
 

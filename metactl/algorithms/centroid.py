@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation
+from metactl.adapt_spec import HeadAdaptation
 from metactl.algorithms.probe import _draw_features, validation_draw, validation_picks
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch
 from metactl.calibration import expected_calibration_error

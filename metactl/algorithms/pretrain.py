@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation, NotAdaptable
-from metactl.algorithms.probe import FALLBACK_C, probe_head_start, select_probe_head
+from metactl.adapt_spec import HeadAdaptation, NotAdaptable
+from metactl.algorithms.probe import probe_adaptation, probe_head_start, select_probe_head
 from metactl.algorithms.protomaml import head_adapts_alone
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, map_inputs
 from metactl.errors import MetactlError
@@ -133,10 +133,8 @@ class Pretrain(AlgorithmBase):
         if not head_adapts_alone(learner):
             raise NotAdaptable("its fine-tuning changes the body too (pre-train with --adapt head; the body may still train with --train-body)")
         alphas = head_alphas(learner, steps)
-        cfg = self.config
-        if cfg.test_head == "probe":
-            c = cfg.probe_c if cfg.probe_c is not None else FALLBACK_C
-            return HeadAdaptation("probe", probe_c=c, scale=cfg.probe_temperature if cfg.probe_temperature is not None else 1.0, alphas=alphas)
+        if self.config.test_head == "probe":
+            return probe_adaptation(self.config, alphas)
         return HeadAdaptation("initial", **head_arrays(learner), alphas=alphas)
 
     def adapt(self, learner: Learner, x: Inputs, y: Tensor, steps: int) -> list[Params]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation
+from metactl.adapt_spec import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, TaskBatch, cat_inputs, inputs_len, map_inputs
 from metactl.data.episodes import EpisodeBatch
 from metactl.data.tensors import to_batch
@@ -226,6 +226,13 @@ def probe_head_start(config: Any, learner: Learner, x: Inputs, y: Tensor) -> Par
     """θ with the probe at ``config.probe_c`` / ``config.probe_temperature`` fitted to the support (x, y) as its head."""
     with torch.no_grad():
         return LinearProbe(ProbeConfig(c=config.probe_c, temperature=config.probe_temperature), None).adapt(learner, x, y, 1)[-1]
+
+
+def probe_adaptation(config: Any, alphas: tuple[tuple[np.ndarray, np.ndarray], ...]) -> HeadAdaptation:
+    """The head ``probe_head_start`` fits (C and s of ``config.probe_c`` / ``config.probe_temperature``) followed by the
+    steps of ``alphas``, as data for ``export --adaptable``."""
+    probe = LinearProbe(ProbeConfig(c=config.probe_c, temperature=config.probe_temperature), None)
+    return HeadAdaptation("probe", probe_c=probe.c, scale=probe.temperature, alphas=alphas)
 
 
 def select_probe_head(config: Any, learner: Learner, pool: Any, shots: int, seed: int) -> tuple[Any, dict[str, Any]]:

@@ -55,10 +55,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation, NotAdaptable
+from metactl.adapt_spec import HeadAdaptation, NotAdaptable
 from metactl.algorithms.anil import head_step
 from metactl.algorithms.centroid import validation_ece, validation_logits
-from metactl.algorithms.probe import FALLBACK_C, probe_head_start, select_probe_head
+from metactl.algorithms.probe import probe_adaptation, probe_head_start, select_probe_head
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, fit_temperature, head_alphas, prototype_head, resolve_cosine, scaled_nll, temperature
@@ -231,10 +231,8 @@ class ProtoMAML(AlgorithmBase):
         if not head_adapts_alone(learner):
             raise NotAdaptable("its inner loop adapts the body too (meta-train with --adapt head; the body may still train in the outer loop)")
         alphas = head_alphas(learner, steps)
-        cfg = self.config
-        if cfg.test_head == "probe":
-            c = cfg.probe_c if cfg.probe_c is not None else FALLBACK_C
-            return HeadAdaptation("probe", probe_c=c, scale=cfg.probe_temperature if cfg.probe_temperature is not None else 1.0, alphas=alphas)
+        if self.config.test_head == "probe":
+            return probe_adaptation(self.config, alphas)
         cosine, s = self.head_of(learner)
         return HeadAdaptation("prototype", cosine=cosine, scale=float(torch.as_tensor(s).detach()), alphas=alphas)
 

@@ -76,14 +76,9 @@ def _adapt_onnx(
     folder: Path, support: Path, query: Path | None, out: Path, force: bool, json_out: bool, steps: int | None, device: str, label_names: bool | None
 ) -> None:
     """``--from`` an adaptable export: onnxruntime and numpy only (torch is never imported)."""
-    from metactl.errors import MetactlError
     from metactl.runtime_adapt import adapt_onnx
 
-    if steps is not None:
-        raise MetactlError("--steps does not apply to an adaptable export: its steps are part of adapt.onnx.", "Drop --steps (or re-export the run).")
-    if device != "cpu":
-        raise MetactlError("--device does not apply to an adaptable export: onnxruntime adapts on the CPU.", "Drop --device.")
-    result = adapt_onnx(folder, support, out, force=force, query=query, label_names=label_names, command=command_line())
+    result = adapt_onnx(folder, support, out, force=force, query=query, label_names=label_names, command=command_line(), steps=steps, device=device)
     summary = {
         "out": str(result.path), "labels": result.labels, "support_accuracy": result.support_accuracy,
         "query_accuracy": result.query_accuracy, "seconds": {k: round(v, 3) for k, v in result.seconds.items()},

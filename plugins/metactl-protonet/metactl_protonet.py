@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metactl.adapt_graph import HeadAdaptation
+from metactl.adapt_spec import HeadAdaptation
 from metactl.api import AlgorithmBase, Inputs, Learner, Params, SetupInfo, TaskBatch, cat_inputs, inputs_len
 from metactl.errors import MetactlError
 from metactl.heads import add_log_temperature, cosine_head, cosine_logits, resolve_cosine, temperature
